@@ -1,0 +1,5 @@
+import sys
+
+from jaxfcn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""Experiment configuration: the base ConfigDict every `configs/*.py` starts from, loading, overrides.
+
+Every experiment is a Python file in ``configs/`` whose ``get_config()`` returns an
+``ml_collections.ConfigDict`` built from :func:`base_config`. Keeping one base means every config has the
+same keys, so ``--set`` overrides and the workdir compatibility check work uniformly.
+
+Example::
+
+    from jaxfcn.config import load_config
+    cfg = load_config("configs/quick.py", overrides=["train.steps=50", "data.task=subcortical"])
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from jaxfcn.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with their defaults. Configs change values; they never add keys."""
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.spatial_dims = 2
+    c.model.in_channels = 0  # 0 = taken from the data (resolved value is saved in the workdir's config)
+    c.model.num_classes = 0  # 0 = taken from the data, background included
+    c.model.depth = 4  # resolution levels; the deepest level is the bottleneck (part of the encoder)
+    c.model.base_width = 16
+    c.model.width_multiplier = 2
+    c.model.convs_per_block = 2
+    c.model.kernel_size = 3
+    c.model.norm = "group"  # group | instance | batch | none
+    c.model.norm_groups = 8
+    c.model.activation = "relu"  # any jax.nn activation name, e.g. relu, leaky_relu, gelu, silu
+    c.model.kernel_init = "he_normal"  # he_normal | he_uniform | glorot_uniform | glorot_normal | lecun_normal
+    c.model.conv_impl = "xla"  # xla | im2col (same params; im2col vmaps over seeds without grouped convs)
+    c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "tissue"  # built-in task name, or a path to an MSD / nnU-Net folder
+    c.data.dims = 2  # 2: slices; 3: patches
+    c.data.orientations = ("axial", "coronal", "sagittal")  # 2D only
+    c.data.spacing = 2.0  # mm, isotropic resampling target (0 = keep native spacing)
+    c.data.slice_shape = (128, 128)  # 2D input size (crop/pad)
+    c.data.patch_shape = (64, 64, 64)  # 3D input size
+    c.data.foreground_oversample = 0.33  # 3D: fraction of patches centred on foreground
+    c.data.split = "templates"  # built-in: templates | slabs; user data: kfold
+    c.data.fold = 0
+    c.data.num_folds = 5
+    c.data.train_size = 0  # 0 = all training examples; N = seeded subset of N examples
+    c.data.subset_seed = 0
+    c.data.modality = ""  # "" = from dataset.json; "CT" or "MRI" forces the normalisation
+    c.data.ct_window = (-1000.0, 1000.0)
+    c.data.augment = True
+    c.data.flip_axes = ()  # spatial axes that may be flipped (empty: none; left-right labels merged ⇒ safe)
+    c.data.rotate_degrees = 10.0
+    c.data.scale_range = 0.1
+    c.data.intensity_jitter = 0.1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.steps = 2000
+    c.train.batch_size = 8
+    c.train.optimizer = "adam"  # adam | adamw | sgd
+    c.train.learning_rate = 1e-3
+    c.train.lr_schedule = "cosine"  # constant | cosine
+    c.train.warmup_steps = 0
+    c.train.weight_decay = 0.0
+    c.train.momentum = 0.9  # sgd only
+    c.train.grad_clip = 0.0  # 0 = no clipping
+    c.train.loss = "dice_ce"  # dice_ce | dice | ce
+    c.train.dice_weight = 1.0
+    c.train.ce_weight = 1.0
+    c.train.eval_every = 200
+    c.train.log_every = 50
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.snapshot_steps = "log:8"  # "log:K" = K log-spaced steps, or "10,100,1000"; step 0 always saved
+    c.train.val_batches = 8
+    c.train.init = "random"  # random | path to a source workdir
+    c.train.init_step = -1  # source step to transfer from; -1 = latest
+    c.train.transfer_parts = ("encoder", "decoder")
+    c.train.reinit_head = False
+    c.train.freeze = ()  # e.g. ("encoder",)
+    c.train.num_seeds = 1
+    c.train.seed_strategy = "auto"
+    c.train.seed_data_order = "shared"  # shared | independent
+    c.train.parallel = "auto"  # auto | none | pmap | sharding
+    return c
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Load ``get_config()`` from a config file and apply ``key=value`` overrides."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"jaxfcn_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a config is user code: report where it broke, in one line
+        raise UserError(f"{path}: cannot load config: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path}: config file has no get_config() function")
+    config = module.get_config()
+    check_keys(config, base_config(), source=path)
+    apply_overrides(config, overrides)
+    return config
+
+
+def check_keys(config, reference, source: str, prefix: str = "") -> None:
+    """Every key of ``config`` must exist in ``reference`` (typos must not pass silently)."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key not in reference:
+            raise UserError(f"{source}: unknown config key '{name}'")
+        if isinstance(value, ml_collections.ConfigDict):
+            check_keys(value, reference[key], source, prefix=name + ".")
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words are strings: --set data.task=subcortical
+
+
+def apply_overrides(config, overrides) -> None:
+    """Apply ``key.sub=value`` strings. Unknown keys and wrong types are user errors."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = config
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise UserError(f"--set {item}: unknown config key '{key}'")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise UserError(f"--set {item}: unknown config key '{key}'")
+        value = _parse_value(text)
+        current = node[leaf]
+        if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
+            value = tuple(value) if not isinstance(value, str) else tuple(v for v in value.split(",") if v)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--set {item}: wrong type for '{key}' (expected {type(current).__name__}): {e}") from None
+
+
+def config_to_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def architecture_of(config) -> dict:
+    """The keys that decide the shapes of the parameter tree (used to refuse mismatched workdirs/--init)."""
+    m = config.model
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.to_dict().items()
+            if k in ("spatial_dims", "in_channels", "num_classes", "depth", "base_width", "width_multiplier", "convs_per_block", "kernel_size", "norm")}

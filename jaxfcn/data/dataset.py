@@ -1,0 +1,137 @@
+"""The contract between data and training: a prepared dataset with deterministic fixed-shape batches.
+
+Everything the trainer, evaluator and analysis see of data goes through :class:`SegmentationDataset`.
+Examples live in random-access sources (``len`` + ``__getitem__`` returning ``{"image", "label"}``), such as
+a ``tfds.data_source`` over the prepared array_record cache or an in-memory :class:`ArraySource`.
+
+Determinism: batch ``t`` of a training stream depends only on ``(seed, t)``: epoch ``e = t·B // n`` uses
+the permutation drawn from ``numpy.random.default_rng([seed, e])``. So resuming at step ``t`` reproduces
+the exact data position without replaying the stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+
+class ExampleSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    class_names: tuple[str, ...]  # index 0 is background
+    in_channels: int
+    spatial_dims: int  # of the examples: 2 (slices) or 3 (patches)
+    example_shape: tuple[int, ...]  # spatial shape of every example
+    modality: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclasses.dataclass
+class Case:
+    """One whole preprocessed volume, for per-case evaluation (Dice/HD95 in 3D)."""
+
+    case_id: str
+    image: np.ndarray  # (X, Y, Z, C) float32, canonical (RAS+) orientation, preprocessed
+    label: np.ndarray  # (X, Y, Z) int32
+    affine: np.ndarray  # (4, 4) voxel → world of this grid
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+class ArraySource:
+    """In-memory example source over stacked arrays (used for tests and small derived datasets)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        assert len(images) == len(labels)
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def training_subset(n_total: int, size: int, seed: int) -> np.ndarray:
+    """Indices of a seeded subset of ``size`` examples (all, in order, when size is 0 or ≥ n_total).
+
+    Nested: the subset of size N is a prefix of the same seed's subset of size M > N, so a
+    training-set-size sweep adds examples rather than redrawing them.
+    """
+    if size <= 0 or size >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng([seed, 7919]).permutation(n_total)[:size])
+
+
+class SegmentationDataset:
+    """Splits of fixed-shape examples plus whole cases for evaluation."""
+
+    def __init__(self, info: DatasetInfo, sources: dict[str, ExampleSource],
+                 cases: dict[str, Sequence[Case]] | None = None, train_indices: np.ndarray | None = None):
+        self.info = info
+        self.sources = sources
+        self._cases = cases or {}
+        self.train_indices = np.arange(len(sources["train"])) if train_indices is None else train_indices
+
+    def num_examples(self, split: str) -> int:
+        return len(self.train_indices) if split == "train" else len(self.sources[split])
+
+    def _indices(self, split: str) -> np.ndarray:
+        return self.train_indices if split == "train" else np.arange(len(self.sources[split]))
+
+    def _stack(self, split: str, idx: np.ndarray) -> dict:
+        src = self.sources[split]
+        examples = [src[int(i)] for i in idx]
+        return {"image": np.stack([e["image"] for e in examples]).astype(np.float32),
+                "label": np.stack([e["label"] for e in examples]).astype(np.int32)}
+
+    def batch_indices(self, step: int, batch_size: int, seed: int, split: str = "train") -> np.ndarray:
+        """Indices (into the split) of training batch ``step``; see the module docstring."""
+        base = self._indices(split)
+        n = len(base)
+        epochs, positions = np.divmod(step * batch_size + np.arange(batch_size), n)
+        out = np.empty(batch_size, np.int64)
+        for epoch in np.unique(epochs):  # a batch spans at most a few epochs
+            sel = epochs == epoch
+            out[sel] = base[np.random.default_rng([seed, int(epoch)]).permutation(n)[positions[sel]]]
+        return out
+
+    def batches(self, batch_size: int, seed: int, start_step: int = 0, split: str = "train") -> Iterator[dict]:
+        """Infinite stream of ``{"image": (B, *S, C) float32, "label": (B, *S) int32}`` from ``start_step``."""
+        step = start_step
+        while True:
+            yield self._stack(split, self.batch_indices(step, batch_size, seed, split))
+            step += 1
+
+    def eval_batches(self, split: str, batch_size: int, max_batches: int = 0) -> Iterator[dict]:
+        """A fixed, ordered pass over a split (evenly strided when capped at ``max_batches``).
+
+        Every batch has exactly ``batch_size`` examples; the last one is padded by repetition and its
+        ``weight`` entries (B,) are 0 for the padding, 1 otherwise.
+        """
+        n = self.num_examples(split)
+        order = self._indices(split)
+        if max_batches and n > max_batches * batch_size:
+            order = order[np.linspace(0, n - 1, max_batches * batch_size).round().astype(int)]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            weight = np.ones(batch_size, np.float32)
+            if len(idx) < batch_size:
+                weight[len(idx):] = 0
+                idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
+            batch = self._stack(split, idx)
+            batch["weight"] = weight
+            yield batch
+
+    def cases(self, split: str) -> Sequence[Case]:
+        """Whole preprocessed volumes of a split (val/test), for per-case 3D metrics."""
+        return self._cases.get(split, ())

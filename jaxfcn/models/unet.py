@@ -1,0 +1,186 @@
+"""The U-Net of jaxfcn: a functional Flax linen model with exactly three top-level parts.
+
+Parameter tree (this naming is what partitioning, transfer, CKA and the PyTorch twin rely on)::
+
+    params
+    ├── encoder
+    │   ├── block_0 … block_{depth-2}   # one ConvBlock per resolution level, max-pool between levels
+    │   └── block_{depth-1}             # the bottleneck (lowest resolution): it belongs to the ENCODER
+    ├── decoder
+    │   ├── up_{i}, block_{i}          # for i = depth-2 … 0: UpConv to level i, concat skip, ConvBlock
+    └── head                            # 1×1 conv to class logits (kernel, bias)
+
+Each ConvBlock holds ``conv_j`` (``ConvND``: kernel (k…k, Cin, Cout), bias only when ``norm == "none"``)
+and ``norm_j``. Widths are ``base_width · width_multiplier**level``.
+
+Representations are sown into the ``intermediates`` collection (only computed when that collection is
+mutable) under the names of :func:`layer_names`: ``enc_0 … enc_{depth-2}``, ``bottleneck``,
+``dec_{depth-2} … dec_1`` and ``head_input`` (the output of the last decoder block).
+
+Example::
+
+    model = build_model(config.model)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+    logits = model.apply(variables, x, train=False)      # (N, 32, 32, num_classes), float32
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxfcn.models.layers import ConvND, Norm, UpConv, kernel_initializer
+
+
+def _activation(name: str):
+    fn = getattr(jax.nn, name, None)
+    if fn is None or not callable(fn):
+        raise ValueError(f"unknown activation '{name}' (any jax.nn function, e.g. relu, leaky_relu, gelu)")
+    return fn
+
+
+class ConvBlock(nn.Module):
+    features: int
+    convs: int
+    kernel_size: tuple[int, ...]
+    norm: str
+    norm_groups: int
+    activation: str
+    kernel_init: str
+    conv_impl: str
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        act = _activation(self.activation)
+        for j in range(self.convs):
+            x = ConvND(self.features, self.kernel_size, use_bias=self.norm == "none",
+                       kernel_init=kernel_initializer(self.kernel_init), impl=self.conv_impl,
+                       dtype=self.dtype, name=f"conv_{j}")(x)
+            x = Norm(self.norm, self.norm_groups, dtype=self.dtype, name=f"norm_{j}")(x, train)
+            x = act(x)
+        return x
+
+
+class _Part(nn.Module):
+    """Shared hyper-parameters of encoder and decoder."""
+
+    widths: Sequence[int]
+    spatial_dims: int
+    convs: int
+    kernel_size: int
+    norm: str
+    norm_groups: int
+    activation: str
+    kernel_init: str
+    conv_impl: str
+    dtype: jnp.dtype
+
+    def block(self, level: int) -> ConvBlock:
+        return ConvBlock(self.widths[level], self.convs, (self.kernel_size,) * self.spatial_dims, self.norm,
+                         self.norm_groups, self.activation, self.kernel_init, self.conv_impl, self.dtype,
+                         name=f"block_{level}")
+
+
+class Encoder(_Part):
+    """Levels 0 … depth-1; returns every level's output (the last one is the bottleneck)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        outputs = []
+        window = (2,) * self.spatial_dims
+        for level in range(len(self.widths)):
+            if level:
+                x = nn.max_pool(x, window, strides=window)
+            x = self.block(level)(x, train)
+            outputs.append(x)
+        return outputs
+
+
+class Decoder(_Part):
+    """Upsample, concatenate the skip, ConvBlock; from level depth-2 up to 0. Returns each block's output."""
+
+    @nn.compact
+    def __call__(self, skips, train: bool):
+        x = skips[-1]
+        outputs = []
+        for level in reversed(range(len(self.widths) - 1)):
+            x = UpConv(self.widths[level], self.spatial_dims, kernel_init=kernel_initializer(self.kernel_init),
+                       dtype=self.dtype, name=f"up_{level}")(x)
+            x = jnp.concatenate([skips[level].astype(x.dtype), x], axis=-1)
+            x = self.block(level)(x, train)
+            outputs.append(x)
+        return outputs
+
+
+class UNet(nn.Module):
+    """2D/3D U-Net with top-level submodules ``encoder``, ``decoder`` and ``head`` (see module docstring)."""
+
+    num_classes: int
+    spatial_dims: int = 2
+    depth: int = 4
+    base_width: int = 16
+    width_multiplier: int = 2
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    norm: str = "group"
+    norm_groups: int = 8
+    activation: str = "relu"
+    kernel_init: str = "he_normal"
+    conv_impl: str = "xla"
+    compute_dtype: str = "float32"
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.base_width * self.width_multiplier**level for level in range(self.depth)]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"expected input (N, {'D, ' if self.spatial_dims == 3 else ''}H, W, C), got {x.shape}")
+        dtype = jnp.dtype(self.compute_dtype)
+        shared = dict(widths=self.widths, spatial_dims=self.spatial_dims, convs=self.convs_per_block,
+                      kernel_size=self.kernel_size, norm=self.norm, norm_groups=self.norm_groups,
+                      activation=self.activation, kernel_init=self.kernel_init, conv_impl=self.conv_impl,
+                      dtype=dtype)
+        enc = Encoder(**shared, name="encoder")(x, train)
+        for level, feat in enumerate(enc[:-1]):
+            self.sow("intermediates", f"enc_{level}", feat)
+        self.sow("intermediates", "bottleneck", enc[-1])
+        dec = Decoder(**shared, name="decoder")(enc, train)
+        for level, feat in zip(reversed(range(1, self.depth - 1)), dec[:-1]):
+            self.sow("intermediates", f"dec_{level}", feat)
+        self.sow("intermediates", "head_input", dec[-1])
+        logits = ConvND(self.num_classes, (1,) * self.spatial_dims, use_bias=True,
+                        kernel_init=kernel_initializer(self.kernel_init), impl=self.conv_impl, dtype=dtype,
+                        name="head")(dec[-1])
+        return logits.astype(jnp.float32)
+
+
+def layer_names(depth: int) -> list[str]:
+    """Names of the sown representations, input side first."""
+    return ([f"enc_{i}" for i in range(depth - 1)] + ["bottleneck"]
+            + [f"dec_{i}" for i in reversed(range(1, depth - 1))] + ["head_input"])
+
+
+def build_model(model_config) -> UNet:
+    """The UNet described by ``config.model`` (``num_classes`` must be resolved, i.e. > 0)."""
+    m = model_config
+    if m.num_classes <= 0:
+        raise ValueError("config.model.num_classes is not resolved (must be > 0)")
+    return UNet(num_classes=m.num_classes, spatial_dims=m.spatial_dims, depth=m.depth, base_width=m.base_width,
+                width_multiplier=m.width_multiplier, convs_per_block=m.convs_per_block, kernel_size=m.kernel_size,
+                norm=m.norm, norm_groups=m.norm_groups, activation=m.activation, kernel_init=m.kernel_init,
+                conv_impl=m.conv_impl, compute_dtype=m.compute_dtype)
+
+
+def input_shape(model_config, data_config, batch: int = 1) -> tuple[int, ...]:
+    spatial = data_config.slice_shape if model_config.spatial_dims == 2 else data_config.patch_shape
+    return (batch, *spatial, model_config.in_channels)
+
+
+def init_variables(model: UNet, rng: jax.Array, shape: tuple[int, ...]):
+    """Initial variables (``params`` and, for batch norm, ``batch_stats``) for inputs of ``shape``."""
+    return model.init(rng, jnp.zeros(shape, jnp.float32), train=False)

@@ -1,0 +1,66 @@
+"""Which part of the network each parameter belongs to, and moving parts between models.
+
+A parameter's label is the first key of its path: ``encoder``, ``decoder`` or ``head`` (the U-Net is built
+so that this holds, see :mod:`jaxfcn.models.unet`). Everything else (freezing, transfer, per-part
+statistics) is a function of these labels.
+
+Example::
+
+    labels = param_labels(params)                       # same tree, leaves are "encoder"/"decoder"/"head"
+    trainable, frozen = split_params(params, ("encoder",))
+    params = merge_params(trainable, frozen)            # exact inverse
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+
+PARTS = ("encoder", "decoder", "head")
+
+
+def check_parts(parts: Iterable[str], what: str = "part") -> tuple[str, ...]:
+    parts = tuple(parts)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}: choose from {list(PARTS)}")
+    return parts
+
+
+def param_labels(params) -> dict:
+    """A tree like ``params`` whose leaves are the part names."""
+    missing = [p for p in PARTS if p not in params]
+    extra = [k for k in params if k not in PARTS]
+    if missing or extra:
+        raise ValueError(f"params must have exactly the top-level keys {list(PARTS)}; got {list(params)}")
+    return {part: jax.tree.map(lambda _, part=part: part, params[part]) for part in PARTS}
+
+
+def split_params(params, frozen_parts: Iterable[str]) -> tuple[dict, dict]:
+    """(trainable, frozen): two dicts of top-level parts, disjoint and together equal to ``params``."""
+    frozen_parts = check_parts(frozen_parts, "frozen part")
+    trainable = {k: v for k, v in params.items() if k not in frozen_parts}
+    frozen = {k: v for k, v in params.items() if k in frozen_parts}
+    return trainable, frozen
+
+
+def merge_params(trainable: dict, frozen: dict) -> dict:
+    """Inverse of :func:`split_params`; keeps the canonical part order."""
+    both = {**trainable, **frozen}
+    return {k: both[k] for k in PARTS if k in both}
+
+
+def transfer_params(target: dict, source: dict, parts: Iterable[str] = ("encoder", "decoder")) -> dict:
+    """``target`` with the listed parts replaced by the source's (shapes must agree exactly).
+
+    The head is re-initialised simply by not listing it: it keeps ``target``'s fresh initial values.
+    """
+    parts = check_parts(parts, "transfer part")
+    out = dict(target)
+    for part in parts:
+        src_shapes = jax.tree.map(lambda a: tuple(a.shape), source[part])
+        dst_shapes = jax.tree.map(lambda a: tuple(a.shape), target[part])
+        if src_shapes != dst_shapes:
+            raise ValueError(f"cannot transfer '{part}': source and target architectures differ")
+        out[part] = source[part]
+    return merge_params(out, {})
