@@ -104,7 +104,9 @@ class UpConv(nn.Module):
 
     With ``K = kernel.reshape(Cin, 2, …, 2, Cout)`` the output at ``2i + a`` is ``Σ_c x[i, c] K[c, a, o] + b[o]``:
     exactly a transposed convolution with kernel ``K[:, a, :]`` and stride 2 (no overlap between taps), but
-    one matmul instead of XLA's slow strided transposed convolution.
+    one matmul instead of XLA's slow strided transposed convolution. This is the gradient-of-convolution
+    convention (PyTorch ``ConvTranspose``, flax ``ConvTranspose(transpose_kernel=True)``); flax's default
+    ``transpose_kernel=False`` equals it with the kernel flipped spatially.
     Params: ``kernel`` (Cin, 2^d·Cout) and ``bias`` (Cout,).
     """
 
