@@ -91,6 +91,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed_strategy = "auto"
     c.train.seed_data_order = "shared"  # shared | independent
     c.train.parallel = "auto"  # auto | none | pmap | sharding
+
+    # The experiment grid of `jaxfcn reproduce` (ignored by a single training run).
+    c.study = ml_collections.ConfigDict()
+    c.study.source = "tissue"  # built-in task or MSD/nnU-Net folder
+    c.study.targets = ("subcortical", "structures")
+    c.study.train_sizes = (8, 32, 128, 0)  # target training examples; 0 = all
+    c.study.regimes = ("random", "transfer", "frozen_random", "frozen_transfer")
+    c.study.seeds = 5  # per target condition
+    c.study.source_seeds = 2
+    c.study.source_steps = 2000
+    c.study.target_steps = 1000
+    c.study.probe_images = 64  # validation images fed to every model for CKA
+    c.study.cka_positions = 4096  # sampled spatial positions per layer (memory bound)
     return c
 
 
