@@ -165,19 +165,36 @@ def prepare(recipe: Recipe, data_config, depth: int, progress: bool = True) -> P
     return target
 
 
-def _materialise(source) -> ArraySource | object:
-    """Read a whole split into memory when it is small: batching then costs one fancy-index per batch."""
-    n = len(source)
-    first = source[0]
-    if n * (first["image"].nbytes + first["label"].nbytes) > MATERIALISE_BYTES:
-        return source
-    images = np.empty((n,) + first["image"].shape, np.float32)
-    labels = np.empty((n,) + first["label"].shape, np.uint8)
-    for start in range(0, n, 256):
-        chunk = source.__getitems__(list(range(start, min(n, start + 256))))
-        images[start:start + len(chunk)] = np.stack([e["image"] for e in chunk])
-        labels[start:start + len(chunk)] = np.stack([e["label"] for e in chunk])
-    return ArraySource(images, labels)
+class InMemorySource:
+    """A prepared split, read into memory in full on first access when it is small (≤ MATERIALISE_BYTES),
+    so batching costs array indexing instead of one record decode per example; larger splits stay on disk
+    and are read record by record. Opening a dataset therefore reads nothing but metadata."""
+
+    def __init__(self, source):
+        self._source = source
+        self._arrays: ArraySource | None = None
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _load(self):
+        n = len(self._source)
+        first = self._source[0]
+        if n * (first["image"].nbytes + first["label"].nbytes) > MATERIALISE_BYTES:
+            self._arrays = self._source
+            return
+        images = np.empty((n,) + first["image"].shape, np.float32)
+        labels = np.empty((n,) + first["label"].shape, np.uint8)
+        for start in range(0, n, 256):
+            chunk = self._source.__getitems__(list(range(start, min(n, start + 256))))
+            images[start:start + len(chunk)] = np.stack([e["image"] for e in chunk])
+            labels[start:start + len(chunk)] = np.stack([e["label"] for e in chunk])
+        self._arrays = ArraySource(images, labels)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._arrays is None:
+            self._load()
+        return self._arrays[index]
 
 
 def read_meta(directory: Path) -> dict:
@@ -188,7 +205,7 @@ def open_prepared(directory: Path, data_config) -> SegmentationDataset:
     from jaxfcn.data import tfds_builder
 
     meta = read_meta(directory)
-    sources = {split: _materialise(src) for split, src in tfds_builder.read(str(directory)).items()}
+    sources = {split: InMemorySource(src) for split, src in tfds_builder.read(str(directory)).items()}
     cases = {split: load_cases(Path(directory) / "cases" / f"{split}.npz") for split in ("val", "test")}
     info = DatasetInfo(name=meta["name"], class_names=tuple(meta["class_names"]), in_channels=meta["in_channels"],
                        spatial_dims=meta["dims"], example_shape=tuple(meta["example_shape"]),

@@ -1,0 +1,137 @@
+"""``jaxfcn data list|prepare|check|show``: inspect, prepare and verify datasets from the command line.
+
+Examples::
+
+    jaxfcn data list                                   # built-in tasks, classes, example counts
+    jaxfcn data prepare subcortical --set data.spacing=1.5
+    jaxfcn data check /data/Task04_Hippocampus         # exit 1 and one line per problem if any
+    jaxfcn data show tissue --out tissue.png
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _config(args):
+    """The experiment config (``--config`` or the base config) with ``--set`` overrides and the task."""
+    from jaxfcn.config import apply_overrides, base_config, load_config
+
+    config = load_config(args.config, args.set) if args.config else base_config()
+    if not args.config:
+        apply_overrides(config, args.set)
+    if getattr(args, "task", None):
+        config.data.task = args.task
+    return config
+
+
+def _add_config_flags(parser) -> None:
+    parser.add_argument("--config", help="experiment config file (default: the base config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.spacing=1.5 (repeatable)")
+
+
+def _counts(dataset) -> str:
+    return ", ".join(f"{split} {dataset.num_examples(split)}" for split in ("train", "val", "test"))
+
+
+def cmd_list(args) -> int:
+    from jaxfcn.data import builtin, open_dataset
+
+    config = _config(args)
+    shape = config.data.slice_shape if config.data.dims == 2 else config.data.patch_shape
+    print(f"built-in tasks ({config.data.dims}D, spacing {config.data.spacing} mm, examples "
+          f"{'x'.join(map(str, shape))}, split '{config.data.split}'):")
+    for task in builtin.TASKS:
+        config.data.task = task
+        dataset = open_dataset(config.data, depth=config.model.depth, progress=not args.quiet)
+        names = ", ".join(dataset.info.class_names[1:])
+        print(f"  {task:<12} {dataset.info.num_classes} classes (background, {names}); examples: "
+              f"{_counts(dataset)}  # {builtin.TASK_DESCRIPTION[task]}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from jaxfcn.data import open_dataset, prepared, recipe_for
+
+    config = _config(args)
+    recipe = recipe_for(config.data, config.model.depth)
+    directory = prepared.prepare(recipe, config.data, config.model.depth, progress=not args.quiet)
+    dataset = open_dataset(config.data, depth=config.model.depth, progress=False)
+    print(f"{recipe.name}: {dataset.info.num_classes} classes, {dataset.info.in_channels} channel(s), examples "
+          f"{'x'.join(map(str, dataset.info.example_shape))}: {_counts(dataset)}; cached in {directory}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from jaxfcn.data.check import check_folder
+
+    problems, summary = check_folder(args.path)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.path}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from jaxfcn.data import builtin
+    from jaxfcn.data.montage import write_montage
+
+    config = _config(args)
+    data = config.data
+    multiple = 2 ** config.model.depth
+    if builtin.is_builtin(data.task):
+        from jaxfcn.data.dataset import Case
+        from jaxfcn.data.preprocess import crop_and_pad_case, zscore_nonzero
+
+        cases = []
+        for template in builtin.TEMPLATES[:args.cases]:
+            raw = builtin.template_case(data.task, template, float(data.spacing))
+            case = Case(raw.case_id, zscore_nonzero(raw.image), raw.label, raw.affine, raw.spacing)
+            cases.append(crop_and_pad_case(case, multiple))
+        class_names = builtin.TASKS[data.task]
+    else:
+        from jaxfcn.data.folders import load_case, read_folder_spec
+        from jaxfcn.data.predict import modality_for
+        from jaxfcn.data.preprocess import preprocess_case
+
+        spec = read_folder_spec(data.task)
+        cases = []
+        for files in spec.cases[:args.cases]:
+            image, affine, label = load_case(spec, files)
+            cases.append(preprocess_case(files.case_id, image, affine, label, float(data.spacing),
+                                         modality_for(data), data.ct_window, multiple)[0])
+        class_names = spec.class_names
+    write_montage(cases, class_names, args.out, title=f"{data.task} (spacing {data.spacing} mm)")
+    print(f"wrote {args.out}: {len(cases)} case(s) x 3 orientations")
+    return 0
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="list, prepare, check and show datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+
+    p = sub.add_parser("list", help="built-in tasks with class names and example counts (prepares if needed)")
+    _add_config_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("prepare", help="materialise the prepared cache of a built-in task or a folder")
+    p.add_argument("task", metavar="NAME|PATH", help="built-in task (tissue, subcortical, structures) or folder")
+    _add_config_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("check", help="integrity check of an MSD or nnU-Net folder (exit 1 on any problem)")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("show", help="PNG montage of slices with label overlays")
+    p.add_argument("task", metavar="NAME|PATH")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--cases", type=int, default=3, help="how many cases (rows) to show (default 3)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_show)
