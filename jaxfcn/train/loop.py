@@ -1,0 +1,412 @@
+"""``train_and_evaluate(config, workdir)``: train one model, validate, checkpoint, resume.
+
+What a run does, in order:
+
+1. Validate everything that can be wrong (config values, dataset, ``--init`` source, workdir ownership)
+   before anything is written; resolve ``model.num_classes`` / ``model.in_channels`` from the dataset.
+2. Create or resume the workdir (:mod:`jaxfcn.train.workdir`). A fresh run saves its step-0 params as a
+   snapshot; a resumed run restores params, optimiser state, rng and step from the latest checkpoint and
+   continues the data stream at that step (batch t depends only on (data seed, t)).
+3. Train with the jitted step of :mod:`jaxfcn.train.step`; every ``eval_every`` steps (and at the end)
+   validate: mean foreground Dice of pooled counts over ``eval_batches("val", batch_size, val_batches)``.
+4. Checkpoint every ``checkpoint_every`` steps, at every new best validation Dice, and at the end; save
+   parameter snapshots at ``train.snapshot_steps`` and at the end.
+5. Write ``train_summary.json``: best/final val Dice and, for the paper's claim 1, the first step (and
+   training wall time) at which val Dice reached 90/95/99 % of the run's best.
+
+Determinism: a run killed at any point (``kill -9``) and restarted with the same command ends with params
+bitwise identical to an uninterrupted run on the same machine. Losses are checked at every flush (log,
+validation, checkpoint and snapshot steps); a NaN/inf loss stops the run naming the first bad step, and
+since flushes precede saves no non-finite state is ever written.
+
+Data order: with ``train.seed_data_order == "shared"`` (default) every seed sees the same batches (data
+seed 0) and seeds differ in initialisation and augmentation only; ``"independent"`` uses ``train.seed``.
+
+``train_time_s`` counts the time spent in training steps (compilation included), not validation or saving.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import queue
+import sys
+import threading
+import time
+
+import numpy as np
+
+from jaxfcn.config import architecture_of
+from jaxfcn.errors import UserError
+from jaxfcn.partition import PARTS
+from jaxfcn.train import workdir as wd
+
+TIME_TO_FRACTIONS = (0.90, 0.95, 0.99)
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss: the run stopped; the last good checkpoint is kept."""
+
+
+# --- configuration checks (all before the workdir is touched) --------------------------------------
+
+def parse_snapshot_steps(spec, total_steps: int) -> list[int]:
+    """Snapshot steps in (0, total_steps]: ``"log:K"`` = K log-spaced steps from 1 to total_steps
+    (rounded, duplicates merged), or a comma-separated list / sequence of steps. Step 0 and the final step
+    are always saved in addition."""
+    if isinstance(spec, str) and spec.startswith("log:"):
+        try:
+            k = int(spec[4:])
+        except ValueError:
+            raise UserError(f"train.snapshot_steps '{spec}': expected 'log:K' with an integer K") from None
+        if k <= 0 or total_steps <= 0:
+            return []
+        steps = np.unique(np.round(np.logspace(0, np.log10(total_steps), k)).astype(int))
+    else:
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        try:
+            steps = [int(s) for s in items if str(s).strip()]
+        except ValueError:
+            raise UserError(f"train.snapshot_steps '{spec}': expected 'log:K' or a list of steps like '10,100'") from None
+    return sorted({int(s) for s in steps if 0 < int(s) <= total_steps})
+
+
+def check_config(config) -> None:
+    """Value checks a type check cannot do. Raises UserError naming the key."""
+    from jaxfcn.train.losses import LOSSES
+    from jaxfcn.train.step import LR_SCHEDULES, OPTIMIZERS
+
+    t, m = config.train, config.model
+    choices = [("train.optimizer", t.optimizer, OPTIMIZERS), ("train.lr_schedule", t.lr_schedule, LR_SCHEDULES),
+               ("train.loss", t.loss, LOSSES), ("model.norm", m.norm, ("group", "instance", "batch", "none")),
+               ("model.spatial_dims", m.spatial_dims, (2, 3)), ("train.seed_data_order", t.seed_data_order,
+                                                                 ("shared", "independent"))]
+    for key, value, allowed in choices:
+        if value not in allowed:
+            raise UserError(f"{key}: '{value}' is not one of {list(allowed)}")
+    for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[key] <= 0:
+            raise UserError(f"train.{key}: must be positive (got {t[key]})")
+    if m.depth < 1 or m.base_width < 1:
+        raise UserError("model.depth and model.base_width must be positive")
+    if config.data.dims != m.spatial_dims:
+        raise UserError(f"data.dims={config.data.dims} but model.spatial_dims={m.spatial_dims}; they must agree")
+    for key, parts in (("train.freeze", t.freeze), ("train.transfer_parts", t.transfer_parts)):
+        unknown = [p for p in parts if p not in PARTS]
+        if unknown:
+            raise UserError(f"{key}: unknown part(s) {unknown}; choose from {list(PARTS)}")
+    if set(t.freeze) >= set(PARTS):
+        raise UserError("train.freeze: freezing every part leaves nothing to train")
+    parse_snapshot_steps(t.snapshot_steps, t.steps)
+    if t.init != "random" and not os.path.isdir(t.init):
+        raise UserError(f"--init {t.init}: not 'random' and not a directory")
+
+
+def resolve_config(config, info):
+    """A copy of ``config`` with ``num_classes`` / ``in_channels`` taken from the dataset (checked if set)."""
+    config = copy.deepcopy(config)
+    for key, value in (("num_classes", info.num_classes), ("in_channels", info.in_channels)):
+        configured = config.model[key]
+        if configured and configured != value:
+            raise UserError(f"model.{key}={configured} but dataset '{info.name}' has {value}")
+        config.model[key] = value
+    if info.spatial_dims != config.model.spatial_dims:
+        raise UserError(f"dataset '{info.name}' has {info.spatial_dims}D examples but model.spatial_dims="
+                        f"{config.model.spatial_dims}")
+    if config.train.init != "random":
+        config.train.init = os.path.abspath(config.train.init)
+    return config
+
+
+def open_training_data(config, progress: bool = True):
+    """The dataset named by ``config.data`` (UserError if missing or invalid)."""
+    from jaxfcn.data import open_dataset
+
+    return open_dataset(config.data, depth=config.model.depth, progress=progress)
+
+
+def check_init_source(config) -> dict | None:
+    """Validate ``train.init``: a workdir whose architecture matches (except the head's class count)."""
+    if config.train.init == "random":
+        return None
+    from jaxfcn.train import checkpoint
+
+    source = config.train.init
+    source_config = wd.load_run_config(source)
+    mine, theirs = architecture_of(config), architecture_of(source_config)
+    diffs = [f"model.{k}: {theirs[k]} in the source, {mine[k]} here" for k in mine
+             if k != "num_classes" and mine[k] != theirs.get(k)]
+    if diffs:
+        raise UserError(f"--init {source}: architecture differs ({'; '.join(diffs)})")
+    available = sorted(set(checkpoint.snapshot_steps(source)) | set(checkpoint.checkpoint_steps(source)))
+    if not available:
+        raise UserError(f"--init {source}: the source run has no saved parameters")
+    step = available[-1] if config.train.init_step < 0 else config.train.init_step
+    if step not in available:
+        raise UserError(f"--init {source}: no parameters at train.init_step={step} (available: {available})")
+    parts = [p for p in config.train.transfer_parts]
+    head_reinitialised = config.train.reinit_head or theirs["num_classes"] != mine["num_classes"]
+    if head_reinitialised:
+        parts = [p for p in parts if p != "head"]
+    return {"source": source, "step": int(step), "parts": parts, "head_reinitialised": bool(head_reinitialised),
+            "source_num_classes": theirs["num_classes"]}
+
+
+def data_seed(train_config) -> int:
+    return 0 if train_config.seed_data_order == "shared" else int(train_config.seed)
+
+
+# --- helpers of the loop ---------------------------------------------------------------------------
+
+class Prefetcher:
+    """Produce the next ``size`` items of an iterator in a background thread (order preserved)."""
+
+    def __init__(self, iterator, size: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True)
+        self._thread.start()
+
+    def _run(self, iterator):
+        try:
+            for item in iterator:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # surfaced in the consumer
+            self._queue.put(("error", e))
+
+    def __next__(self):
+        kind, value = self._queue.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self):
+        self._stop.set()
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per record; records beyond a resumed step are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        self.records: list[dict] = []
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        continue
+                    if record.get("step", 0) <= resume_step:
+                        self.records.append(record)
+        wd.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+    def last(self, key: str, default=None):
+        for record in reversed(self.records):
+            if key in record:
+                return record[key]
+        return default
+
+
+def validate(eval_step, variables, dataset, config) -> tuple[float, list[float]]:
+    """Mean foreground Dice (and per-class Dice) of pooled counts over the validation batches."""
+    from jaxfcn.train.metrics import dice_from_counts, mean_foreground_dice
+
+    if "val" not in dataset.sources or dataset.num_examples("val") == 0:
+        return float("nan"), []
+    total = None
+    for batch in dataset.eval_batches("val", config.train.batch_size, config.train.val_batches):
+        counts = np.asarray(eval_step(variables, batch), np.int64)
+        total = counts if total is None else total + counts
+    return mean_foreground_dice(total), [float(d) for d in dice_from_counts(total)[1:]]
+
+
+def time_to_fraction(records: list[dict], fractions=TIME_TO_FRACTIONS) -> dict:
+    """First validation step (and training time) reaching each fraction of the best val Dice."""
+    evals = [r for r in records if "val_dice" in r and r["val_dice"] is not None and np.isfinite(r["val_dice"])]
+    if not evals:
+        return {}
+    best = max(r["val_dice"] for r in evals)
+    out = {}
+    for fraction in fractions:
+        first = next(r for r in evals if r["val_dice"] >= fraction * best)
+        out[f"{round(fraction * 100)}%"] = {"step": first["step"], "train_time_s": first.get("train_time_s"),
+                                             "val_dice": first["val_dice"]}
+    return out
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def prepare_run(config, workdir: str, dataset=None, progress: bool = True):
+    """Validate and resolve everything; returns (resolved config, dataset, init source, resume?)."""
+    check_config(config)
+    if dataset is None:
+        dataset = open_training_data(config, progress=progress)
+    config = resolve_config(config, dataset.info)
+    init = check_init_source(config)
+    resume = wd.check_workdir(workdir, config)
+    return config, dataset, init, resume
+
+
+def train_and_evaluate(config, workdir: str, *, dataset=None, progress: bool = True) -> dict:
+    """Train (or resume) the run of ``config`` in ``workdir``; returns the final train summary.
+
+    ``dataset`` overrides ``config.data`` (a :class:`~jaxfcn.data.dataset.SegmentationDataset`, e.g. built
+    in memory); otherwise the dataset is opened with :func:`jaxfcn.data.open_dataset`.
+    """
+    config, dataset, init, resume = prepare_run(config, workdir, dataset, progress)
+
+    import jax
+    from tqdm import tqdm
+
+    from jaxfcn.models import build_model
+    from jaxfcn.partition import transfer_params
+    from jaxfcn.train import checkpoint
+    from jaxfcn.train.step import init_train_state, make_eval_step, make_train_step
+
+    wd.create_workdir(workdir, config, dataset.info)
+    t = config.train
+    frozen = tuple(t.freeze)
+    model = build_model(config.model)
+    state = init_train_state(model, config, frozen)
+    states = checkpoint.state_manager(workdir, keep=t.keep_checkpoints)
+    snapshots = checkpoint.snapshot_manager(workdir)
+    summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
+    log = None
+    try:
+        if states.latest_step() is not None:
+            state = checkpoint.restore_state(states, state)
+        elif init is not None:
+            source_params = checkpoint.load_params(init["source"], init["step"])
+            state = init_train_state(model, config, frozen,
+                                     params=transfer_params(state.params, source_params, init["parts"]))
+        state = jax.device_put(state)  # committed arrays: every step call sees the same input placement
+        start = int(state.step)
+        if start == 0:
+            checkpoint.save_snapshot(snapshots, 0, state.variables())
+        log = MetricsLog(os.path.join(workdir, wd.METRICS_FILE), start)
+        previous = _load_json(summary_path)
+        resumed_at = (previous.get("resumed_at", []) + [start]) if start > 0 else []
+
+        train_step = make_train_step(model, config, frozen)
+        eval_step = make_eval_step(model, config.model.num_classes)
+        snapshot_at = set(parse_snapshot_steps(t.snapshot_steps, t.steps)) | {t.steps}
+        best = max([r["val_dice"] for r in log.records if _finite(r.get("val_dice"))], default=float("-inf"))
+        train_time = float(log.last("train_time_s", 0.0))
+        val_dice = log.last("val_dice")
+        last_flush_step, last_flush_time = start, train_time
+
+        batches = Prefetcher(dataset.batches(t.batch_size, data_seed(t), start_step=start))
+        bar = tqdm(total=t.steps, initial=start, disable=not progress, dynamic_ncols=True, desc="train",
+                   file=sys.stderr, leave=True)
+        pending = []  # (step, metrics on device) since the last flush
+        tick = time.perf_counter()
+        try:
+            for step in range(start + 1, t.steps + 1):
+                state, metrics = train_step(state, next(batches))
+                pending.append((step, metrics))
+                is_eval = step % t.eval_every == 0 or step == t.steps
+                is_ckpt = step % t.checkpoint_every == 0 or step == t.steps
+                if not (step % t.log_every == 0 or is_eval or is_ckpt or step in snapshot_at):
+                    continue
+                # Flush: fetch the pending losses (this waits for the steps), check them, log.
+                values = jax.device_get([m for _, m in pending])
+                for (s, _), m in zip(pending, values):
+                    if not np.isfinite(m["loss"]):
+                        last_good = states.latest_step()
+                        raise TrainingDiverged(
+                            f"training diverged: loss is {m['loss']} at step {s}; last good checkpoint: "
+                            f"{'none' if last_good is None else f'step {last_good}'} in "
+                            f"{os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
+                now = time.perf_counter()
+                train_time += now - tick
+                steps_per_s = (step - last_flush_step) / max(train_time - last_flush_time, 1e-9)
+                last_flush_step, last_flush_time = step, train_time
+                record = {"step": step, "loss": float(values[-1]["loss"]),
+                          "loss_mean": float(np.mean([v["loss"] for v in values])),
+                          "grad_norm": float(values[-1]["grad_norm"]), "train_time_s": round(train_time, 3),
+                          "steps_per_s": round(steps_per_s, 3)}
+                pending = []
+                if is_eval:
+                    val_dice, per_class = validate(eval_step, state.variables(), dataset, config)
+                    record.update(val_dice=val_dice, val_dice_per_class=per_class)
+                    tqdm.write(f"step {step}/{t.steps}  loss {record['loss']:.4f}  val Dice {val_dice:.4f}  "
+                               f"{steps_per_s:.2f} steps/s", file=sys.stderr)
+                new_best = is_eval and _finite(val_dice) and val_dice > best
+                if new_best:
+                    best = val_dice
+                log.write(record)
+                if step in snapshot_at:
+                    checkpoint.save_snapshot(snapshots, step, state.variables())
+                if is_ckpt or new_best:
+                    checkpoint.save_state(states, state, val_dice=val_dice if is_eval else None)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                val_dice="-" if val_dice is None else f"{val_dice:.4f}",
+                                steps_per_s=f"{steps_per_s:.2f}", refresh=False)
+                bar.update(step - bar.n)
+                tick = time.perf_counter()
+        finally:
+            bar.close()
+            batches.close()
+
+        checkpoint.save_state(states, state, val_dice=val_dice if _finite(val_dice) else None)
+        checkpoint.save_snapshot(snapshots, t.steps, state.variables())
+        evals = [r for r in log.records if _finite(r.get("val_dice"))]
+        best_record = max(evals, key=lambda r: r["val_dice"], default=None)
+        summary = {
+            "workdir": os.path.abspath(workdir),
+            "steps": t.steps,
+            "final_step": int(state.step),
+            "final_val_dice": _json_float(val_dice),
+            "best_val_dice": _json_float(best_record["val_dice"]) if best_record else None,
+            "best_step": best_record["step"] if best_record else None,
+            "time_to_best_fraction": time_to_fraction(log.records),
+            "train_time_s": round(train_time, 3),
+            "init": init or {"source": "random"},
+            "frozen": list(frozen),
+            "dataset": dataset.info.name,
+            "num_train_examples": dataset.num_examples("train"),
+            "resumed_at": resumed_at,
+            # jit cache entries of the train step in this process: 1 means it compiled exactly once
+            "train_step_compilations": int(train_step._cache_size()) if start < t.steps else previous.get(
+                "train_step_compilations"),
+            "snapshot_steps": checkpoint.snapshot_steps(workdir),
+        }
+        wd.write_json_atomic(summary_path, summary)
+        return summary
+    finally:
+        if log is not None:
+            log.close()
+        states.close()
+        snapshots.close()
+
+
+def _finite(x) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def _json_float(x):
+    return float(x) if _finite(x) else None
+
+
+def _load_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
