@@ -60,6 +60,10 @@ class ArraySource:
     def __getitem__(self, index):
         return {"image": self.images[index], "label": self.labels[index]}
 
+    def take(self, indices: np.ndarray) -> dict:
+        """Examples ``indices`` stacked, in one fancy-index per array (the fast path of batching)."""
+        return {"image": self.images[indices], "label": self.labels[indices]}
+
 
 def training_subset(n_total: int, size: int, seed: int) -> np.ndarray:
     """Indices of a seeded subset of ``size`` examples (all, in order, when size is 0 or ≥ n_total).
@@ -90,6 +94,9 @@ class SegmentationDataset:
 
     def _stack(self, split: str, idx: np.ndarray) -> dict:
         src = self.sources[split]
+        if hasattr(src, "take"):  # sources holding stacked arrays gather a batch at once
+            batch = src.take(np.asarray(idx))
+            return {"image": np.asarray(batch["image"], np.float32), "label": np.asarray(batch["label"], np.int32)}
         examples = [src[int(i)] for i in idx]
         return {"image": np.stack([e["image"] for e in examples]).astype(np.float32),
                 "label": np.stack([e["label"] for e in examples]).astype(np.int32)}

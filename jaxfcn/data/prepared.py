@@ -196,6 +196,14 @@ class InMemorySource:
             self._load()
         return self._arrays[index]
 
+    def take(self, indices: np.ndarray) -> dict:
+        if self._arrays is None:
+            self._load()
+        if isinstance(self._arrays, ArraySource):
+            return self._arrays.take(indices)
+        examples = self._arrays.__getitems__([int(i) for i in indices])
+        return {"image": np.stack([e["image"] for e in examples]), "label": np.stack([e["label"] for e in examples])}
+
 
 def read_meta(directory: Path) -> dict:
     return json.loads((Path(directory) / "meta.json").read_text())
