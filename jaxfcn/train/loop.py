@@ -81,9 +81,18 @@ def check_config(config) -> None:
                ("train.loss", t.loss, LOSSES), ("model.norm", m.norm, ("group", "instance", "batch", "none")),
                ("model.spatial_dims", m.spatial_dims, (2, 3)), ("train.seed_data_order", t.seed_data_order,
                                                                  ("shared", "independent"))]
+    from jaxfcn.models.layers import KERNEL_INITS
+
+    choices += [("model.kernel_init", m.kernel_init, tuple(KERNEL_INITS)),
+                ("model.conv_impl", m.conv_impl, ("xla", "im2col")),
+                ("model.compute_dtype", m.compute_dtype, ("float32", "bfloat16"))]
     for key, value, allowed in choices:
         if value not in allowed:
             raise UserError(f"{key}: '{value}' is not one of {list(allowed)}")
+    import jax
+
+    if not callable(getattr(jax.nn, m.activation, None)):
+        raise UserError(f"model.activation: '{m.activation}' is not a jax.nn function (e.g. relu, gelu, silu)")
     for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t[key] <= 0:
             raise UserError(f"train.{key}: must be positive (got {t[key]})")

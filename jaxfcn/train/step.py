@@ -129,9 +129,11 @@ def init_train_state(model, config, frozen_parts: Iterable[str] = (), params=Non
 def _augmenter(data_config) -> Callable[[jax.Array, dict], dict]:
     if not data_config.augment:
         return lambda rng, batch: batch
-    from jaxfcn.data import augment  # the data layer's pure, jittable augmentation
+    # The data layer's pure, jittable augmentation. Imported from its module: once that module is loaded,
+    # the package attribute ``jaxfcn.data.augment`` is the submodule, not the function.
+    from jaxfcn.data.augment import augment_batch
 
-    return lambda rng, batch: augment(rng, batch, data_config)
+    return lambda rng, batch: augment_batch(rng, batch, data_config)
 
 
 def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -171,7 +173,7 @@ def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable
         trainable = optax.apply_updates(trainable, {k: updates[k] for k in trainable})
         new_state = state.replace(params=merge_params(trainable, frozen), opt_state=opt_state,
                                   batch_stats=batch_stats, step=state.step + 1)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=0)
 

@@ -53,9 +53,14 @@ def write_json_atomic(path: str, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
 
 
+# The sections that define a training run (others, e.g. ``study``, configure other commands).
+RUN_SECTIONS = ("model", "data", "train")
+
+
 def _normalised(config) -> dict:
-    """The config as plain JSON data (tuples become lists), for comparisons."""
-    return json.loads(config_to_json(config))
+    """The run-defining sections of the config as plain JSON data (tuples become lists), for comparisons."""
+    data = json.loads(config_to_json(config))
+    return {k: v for k, v in data.items() if k in RUN_SECTIONS}
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

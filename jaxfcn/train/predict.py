@@ -1,0 +1,177 @@
+"""Whole-volume inference (2D slice by slice, 3D sliding window) and ``jaxfcn predict``.
+
+- **2D models** segment a volume slice by slice along ``data.orientations[0]`` (axial = the third
+  canonical axis, as the data layer slices). Each whole slice is zero-padded to a multiple of 2^depth
+  (the network is fully convolutional), slices go through in batches of ``train.batch_size``, and the
+  padding is cropped off again.
+- **3D models** use a sliding window of ``data.patch_shape``: window starts on each axis are
+  ``round(linspace(0, L − P, n))`` with ``n = ceil((L − P) / (P · (1 − overlap))) + 1`` (nnU-Net's rule;
+  the volume is zero-padded to at least one patch). Each window's softmax is weighted by a Gaussian
+  importance map (σ = P/8 per axis, peak 1, floored at its smallest positive value), summed, and divided
+  by the summed weights; the label is the argmax.
+
+``predict_file`` reads a NIfTI with :func:`jaxfcn.data.load_volume_for_prediction` (the training
+preprocessing on the canonical grid) and writes the labels back onto the input's exact grid (shape,
+voxel order and affine), atomically (temporary file + rename).
+
+Example::
+
+    jaxfcn predict --workdir runs/tissue --input t1.nii.gz --output t1_seg.nii.gz
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxfcn.errors import UserError
+
+DEFAULT_OVERLAP = 0.5
+
+
+def make_probabilities_fn(model) -> Callable:
+    """Jitted ``(variables, x (N, *S, C)) -> softmax (N, *S, K)``."""
+    import jax
+
+    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+
+
+def _batched(probabilities_fn, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``inputs`` (N, ...) in fixed-size batches (the last one padded by repetition; one compile)."""
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        outputs.append(np.asarray(probabilities_fn(variables, chunk))[:n])
+    return np.concatenate(outputs)
+
+
+def _pad_to_multiple(array: np.ndarray, axes: Sequence[int], multiple: int) -> tuple[np.ndarray, tuple]:
+    pads = [(0, 0)] * array.ndim
+    for axis in axes:
+        pads[axis] = (0, -array.shape[axis] % multiple)
+    crop = tuple(slice(0, n) for n in array.shape)
+    return np.pad(array, pads), crop
+
+
+def predict_slices(probabilities_fn, variables, image: np.ndarray, axis: int, multiple: int,
+                   batch_size: int) -> np.ndarray:
+    """Softmax (X, Y, Z, K) of a 2D model applied to every slice of ``image`` (X, Y, Z, C) along ``axis``."""
+    slices = np.moveaxis(image, axis, 0)  # (n, a, b, C): the data layer's np.take(volume, i, axis)
+    padded, crop = _pad_to_multiple(slices, (1, 2), multiple)
+    probs = _batched(probabilities_fn, variables, padded.astype(np.float32), batch_size)
+    return np.moveaxis(probs[crop[:3]], 0, axis)
+
+
+def window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """Window starts along one axis (``length ≥ patch``); see the module docstring."""
+    if length <= patch:
+        return [0]
+    step = max(patch * (1.0 - overlap), 1.0)
+    n = math.ceil((length - patch) / step) + 1
+    return sorted({int(round(s)) for s in np.linspace(0, length - patch, n)})
+
+
+def gaussian_importance(patch: Sequence[int]) -> np.ndarray:
+    """Gaussian weights over a patch: σ = P/8 per axis, peak 1, no zeros."""
+    grids = np.meshgrid(*[(np.arange(p) - (p - 1) / 2) / (p / 8) for p in patch], indexing="ij")
+    weight = np.exp(-0.5 * sum(g**2 for g in grids)).astype(np.float32)
+    weight /= weight.max()
+    return np.maximum(weight, weight[weight > 0].min())
+
+
+def predict_sliding_window(probabilities_fn, variables, image: np.ndarray, patch: Sequence[int],
+                           overlap: float, batch_size: int) -> np.ndarray:
+    """Softmax (X, Y, Z, K) of a 3D model by Gaussian-weighted sliding windows over ``image`` (X, Y, Z, C)."""
+    if not 0.0 <= overlap < 1.0:
+        raise UserError(f"--overlap {overlap}: must be in [0, 1)")
+    spatial = image.shape[:3]
+    padded_shape = [max(n, p) for n, p in zip(spatial, patch)]
+    padded = np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)])
+    starts = [(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
+              for b in window_starts(padded_shape[1], patch[1], overlap)
+              for c in window_starts(padded_shape[2], patch[2], overlap)]
+    weight = gaussian_importance(patch)
+    total, weights = None, np.zeros(padded_shape, np.float32)
+    for first in range(0, len(starts), batch_size):
+        group = starts[first:first + batch_size]
+        windows = np.stack([padded[a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in group])
+        probs = _batched(probabilities_fn, variables, windows, batch_size)
+        if total is None:
+            total = np.zeros(padded_shape + [probs.shape[-1]], np.float32)
+        for (a, b, c), p in zip(group, probs):
+            box = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+            total[box] += p * weight[..., None]
+            weights[box] += weight
+    out = total / weights[..., None]
+    return out[: spatial[0], : spatial[1], : spatial[2]]
+
+
+def predict_volume(model, variables, image: np.ndarray, config, overlap: float = DEFAULT_OVERLAP,
+                   probabilities_fn=None) -> np.ndarray:
+    """Labels (X, Y, Z) int32 for a preprocessed canonical ``image`` (X, Y, Z, C), 2D or 3D model."""
+    from jaxfcn.data.preprocess import ORIENTATION_AXIS
+
+    probabilities_fn = probabilities_fn or make_probabilities_fn(model)
+    if image.ndim != 4 or image.shape[-1] != config.model.in_channels:
+        raise UserError(f"input has shape {image.shape}; the model expects (X, Y, Z, {config.model.in_channels})")
+    batch_size = config.train.batch_size
+    if config.model.spatial_dims == 2:
+        axis = ORIENTATION_AXIS[config.data.orientations[0]]
+        probs = predict_slices(probabilities_fn, variables, image, axis, 2**config.model.depth, batch_size)
+    else:
+        probs = predict_sliding_window(probabilities_fn, variables, image, tuple(config.data.patch_shape),
+                                       overlap, batch_size)
+    return np.argmax(probs, axis=-1).astype(np.int32)
+
+
+def _nifti_suffix(path: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if path.endswith(suffix):
+            return suffix
+    raise UserError(f"--output {path}: must end in .nii or .nii.gz")
+
+
+def save_nifti_atomic(image, path: str) -> None:
+    """Write a NIfTI image via a temporary file in the same directory and ``os.replace``."""
+    import nibabel as nib
+
+    suffix = _nifti_suffix(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp{suffix}")
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def predict_file(workdir: str, input_path: str, output_path: str, step=None,
+                 overlap: float = DEFAULT_OVERLAP) -> dict:
+    """Segment one NIfTI file with a trained run; returns a small report (shape, classes, step)."""
+    from jaxfcn.data import load_volume_for_prediction
+    from jaxfcn.models import build_model
+    from jaxfcn.train.checkpoint import load_variables
+    from jaxfcn.train.workdir import load_run_config
+
+    config = load_run_config(workdir)
+    if not os.path.isfile(input_path):
+        raise UserError(f"--input {input_path}: file not found")
+    _nifti_suffix(output_path)
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--output {output_path}: directory {out_dir} does not exist")
+    if not 0.0 <= overlap < 1.0:
+        raise UserError(f"--overlap {overlap}: must be in [0, 1)")
+    variables, used_step = load_variables(workdir, step)
+    image, restore = load_volume_for_prediction(input_path, config.data, depth=config.model.depth)
+    model = build_model(config.model)
+    labels = predict_volume(model, variables, image, config, overlap)
+    result = restore(labels)
+    save_nifti_atomic(result, output_path)
+    return {"output": output_path, "shape": list(result.shape), "step": used_step,
+            "classes_present": sorted(int(v) for v in np.unique(labels))}

@@ -1,0 +1,107 @@
+"""The jitted train step: one compilation, learning, frozen parts, determinism."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfcn.models import build_model
+from synthetic_data import shapes_dataset
+from jaxfcn.train.step import init_train_state, make_eval_step, make_optimizer, make_train_step
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return next(shapes_dataset(n_train=2, n_val=1, n_test=1).batches(4, seed=0))
+
+
+def copy_state(state):
+    return jax.tree.map(jnp.copy, state)  # the step donates its input state
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_step_compiles_once_and_learns(tiny_config, batch):
+    assert tiny_config.data.augment  # the data layer's augmentation runs inside the step
+    model = build_model(tiny_config.model)
+    state = init_train_state(model, tiny_config)
+    train_step = make_train_step(model, tiny_config)
+    losses = []
+    for _ in range(12):
+        state, metrics = train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert train_step._cache_size() == 1
+    assert int(state.step) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_frozen_encoder_is_bitwise_constant(tiny_config, batch):
+    model = build_model(tiny_config.model)
+    state = init_train_state(model, tiny_config, ("encoder",))
+    start = copy_state(state.params)
+    train_step = make_train_step(model, tiny_config, ("encoder",))
+    for _ in range(3):
+        state, _ = train_step(state, batch)
+    assert leaves_equal(state.params["encoder"], start["encoder"])
+    assert not leaves_equal(state.params["decoder"], start["decoder"])
+    assert not leaves_equal(state.params["head"], start["head"])
+    # the frozen part holds no optimiser moments
+    adam_state = state.opt_state.inner_states["trainable"].inner_state[0]
+    assert jax.tree.leaves(adam_state.mu["encoder"]) == []
+    assert jax.tree.leaves(adam_state.mu["decoder"])
+
+
+def test_frozen_step_has_no_encoder_backward(tiny_config, batch):
+    """Differentiating only the trainable subtree removes the encoder's backward pass from the program."""
+    model = build_model(tiny_config.model)
+    flops = {}
+    for frozen in ((), ("encoder",)):
+        state = init_train_state(model, tiny_config, frozen)
+        flops[frozen] = make_train_step(model, tiny_config, frozen).lower(state, batch).cost_analysis()["flops"]
+    assert flops[("encoder",)] < 0.8 * flops[()]
+
+
+def test_step_is_a_pure_function_of_state_and_batch(tiny_config, batch):
+    model = build_model(tiny_config.model)
+    state = init_train_state(model, tiny_config)
+    train_step = make_train_step(model, tiny_config)
+    a, ma = train_step(copy_state(state), batch)
+    b, mb = train_step(copy_state(state), batch)
+    assert leaves_equal(a, b) and float(ma["loss"]) == float(mb["loss"])
+    # a different seed changes the initialisation
+    tiny_config.train.seed = 1
+    other = init_train_state(model, tiny_config)
+    assert not leaves_equal(other.params, state.params)
+
+
+def test_batch_norm_statistics_update(tiny_config, batch):
+    tiny_config.model.norm = "batch"
+    tiny_config.data.augment = False
+    model = build_model(tiny_config.model)
+    state = init_train_state(model, tiny_config, ("encoder",))
+    before = copy_state(state.batch_stats)
+    assert jax.tree.leaves(before)
+    state, metrics = make_train_step(model, tiny_config, ("encoder",))(state, batch)
+    # documented: running statistics of a frozen part still follow the data
+    assert not leaves_equal(state.batch_stats["encoder"], before["encoder"])
+    counts = make_eval_step(model, 3)(state.variables(), {**batch, "weight": np.ones(4, np.float32)})
+    assert int(counts[:, 2].sum()) == batch["label"].size
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_choices_and_warmup(tiny_config, name):
+    """Every optimiser runs under the partition; warmup starts at learning rate 0. (A toy param tree keeps
+    this test free of model compilations.)"""
+    t = tiny_config.train
+    t.optimizer, t.weight_decay, t.grad_clip, t.warmup_steps = name, 1e-4, 1.0, 2
+    params = {"encoder": {"k": jnp.ones(3)}, "decoder": {"k": jnp.ones(2)}, "head": {"k": jnp.ones(1)}}
+    tx = make_optimizer(t, ("encoder",))
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt_state = tx.init(params)
+    update = jax.jit(tx.update)
+    updates, opt_state = update(grads, opt_state, params)
+    assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))  # lr(0) = 0
+    updates, opt_state = update(grads, opt_state, params)
+    assert float(jnp.abs(updates["decoder"]["k"]).min()) > 0
+    assert float(jnp.abs(updates["encoder"]["k"]).max()) == 0.0  # frozen
