@@ -30,7 +30,7 @@ from jaxfcn.data.dataset import ArraySource, Case, DatasetInfo, SegmentationData
 from jaxfcn.data.fetch import cache_root, file_lock
 from jaxfcn.errors import UserError
 
-PREPARE_VERSION = 1  # bump when preprocessing code changes what examples contain
+PREPARE_VERSION = 2  # bump when preprocessing code changes what examples contain
 SPLITS = ("train", "val", "test")
 MATERIALISE_BYTES = 1 << 30  # splits up to this size are read into memory once (fast batching)
 MIN_TRAIN_PATCHES_PER_CASE = 32
