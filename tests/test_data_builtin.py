@@ -121,6 +121,14 @@ def test_structures_3d_patches(fresh_cache):
     fg = np.mean([(dataset.sources["train"][i]["label"] > 0).any() for i in range(dataset.num_examples("train"))])
     assert fg > 0.33
 
+    from jaxfcn.data import augment
+    import jax
+
+    out = augment(jax.random.key(0), batch, tiny("structures", dims=3, flip_axes=(0,)))
+    assert out["image"].shape == batch["image"].shape and out["label"].shape == batch["label"].shape
+    assert set(np.unique(np.asarray(out["label"]))) <= set(range(6))
+    assert 0.5 < (np.asarray(out["label"]) > 0).mean() / max((batch["label"] > 0).mean(), 1e-6) < 2.0
+
 
 def test_augment_is_jittable_and_label_preserving(fresh_cache):
     import jax

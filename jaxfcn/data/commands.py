@@ -79,6 +79,12 @@ def cmd_show(args) -> int:
     from jaxfcn.data import builtin
     from jaxfcn.data.montage import write_montage
 
+    import os
+
+    from jaxfcn.errors import UserError
+
+    if os.path.dirname(os.path.abspath(args.out)) and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UserError(f"--out {args.out}: folder {os.path.dirname(args.out)} does not exist")
     config = _config(args)
     data = config.data
     multiple = 2 ** config.model.depth
