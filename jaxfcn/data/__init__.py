@@ -8,6 +8,10 @@ Public API (heavy modules are imported on call, so ``import jaxfcn.data`` stays 
 """
 from __future__ import annotations
 
+# Import the submodule ``augment`` before defining the function ``augment`` below: importing a submodule
+# binds its name on the package, so a first import later (e.g. ``from jaxfcn.data.augment import
+# augment_batch``) would replace the public function with the module. Done first, the function wins for good.
+from jaxfcn.data import augment as _augment_module  # noqa: F401  (cheap: jax is imported lazily there)
 from jaxfcn.data.dataset import ArraySource, Case, DatasetInfo, SegmentationDataset, training_subset
 
 
@@ -42,9 +46,7 @@ def open_dataset(data_config, *, depth: int = 4, progress: bool = True) -> Segme
 
 def augment(rng, batch: dict, data_config) -> dict:
     """Random flips, small rotation/scaling and intensity jitter; see :mod:`jaxfcn.data.augment`."""
-    from jaxfcn.data.augment import augment_batch
-
-    return augment_batch(rng, batch, data_config)
+    return _augment_module.augment_batch(rng, batch, data_config)
 
 
 def load_volume_for_prediction(path, data_config, *, depth: int | None = None):

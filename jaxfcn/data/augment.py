@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
-
 from jaxfcn.errors import UserError
 
+# jax is imported inside the functions: ``jaxfcn.data`` imports this module eagerly (see its __init__), and
+# ``import jaxfcn.data`` must stay cheap for the CLI.
 
-def _rotation(angles: jnp.ndarray, dims: int) -> jnp.ndarray:
+
+def _rotation(angles, dims: int):
+    import jax.numpy as jnp
+
     if dims == 2:
         c, s = jnp.cos(angles[0]), jnp.sin(angles[0])
         return jnp.array([[c, -s], [s, c]])
@@ -42,6 +44,9 @@ def _rotation(angles: jnp.ndarray, dims: int) -> jnp.ndarray:
 
 def _warp_one(image, label, matrix):
     """Resample one example at ``matrix @ (p − centre) + centre`` for every output voxel ``p``."""
+    import jax
+    import jax.numpy as jnp
+
     spatial = label.shape
     centre = jnp.array([(n - 1) / 2 for n in spatial])
     grid = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in spatial], indexing="ij"))
@@ -56,6 +61,9 @@ def _warp_one(image, label, matrix):
 def augment_batch(rng, batch: dict, data_config) -> dict:
     if not data_config.augment:
         return batch
+    import jax
+    import jax.numpy as jnp
+
     image, label = batch["image"], batch["label"]
     batch_size, dims = image.shape[0], image.ndim - 2
     for axis in data_config.flip_axes:
