@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxfcn.models import build_model
-from synthetic_data import shapes_dataset
+from train_helpers import shapes_dataset
 from jaxfcn.train.step import init_train_state, make_eval_step, make_optimizer, make_train_step
 
 

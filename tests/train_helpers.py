@@ -1,4 +1,4 @@
-"""A tiny synthetic segmentation dataset (a ball and a box in noise) for the training-loop tests.
+"""Helpers of the training tests: a tiny synthetic dataset (a ball and a box in noise), tiny real-data configs.
 
 Real-data end-to-end tests use the built-in tasks; this one isolates the loop mechanics (resume,
 freezing, compilation counts) from data preparation, in memory and in milliseconds.
@@ -46,3 +46,24 @@ def shapes_dataset(n_train: int = 6, n_val: int = 2, n_test: int = 2, size: int 
     example_shape = (size, size) if spatial_dims == 2 else (size, size, depth)
     info = DatasetInfo("shapes", CLASS_NAMES, 1, spatial_dims, example_shape, ("MRI",))
     return SegmentationDataset(info, sources, cases)
+
+
+# The tiny model of `tiny_config` on real built-in data (6 mm grid, 32² slices). A constant learning rate
+# keeps the compiled step independent of train.steps, so runs of different lengths share one program.
+TINY_REAL = {
+    "model.depth": 2, "model.base_width": 4, "model.norm_groups": 2,
+    "data.task": "tissue", "data.spacing": 6.0, "data.slice_shape": (32, 32), "data.patch_shape": (16, 16, 16),
+    "train.batch_size": 4, "train.steps": 6, "train.lr_schedule": "constant", "train.eval_every": 3,
+    "train.log_every": 1, "train.checkpoint_every": 3, "train.val_batches": 2, "train.snapshot_steps": "1,3",
+}
+
+
+def write_tiny_config(path, **changes) -> str:
+    """A config file (``get_config()``) with :data:`TINY_REAL` plus ``changes`` ("train__steps": 9 style keys)."""
+    values = {**TINY_REAL, **{k.replace("__", "."): v for k, v in changes.items()}}
+    lines = ["from jaxfcn.config import base_config", "", "", "def get_config():", "    c = base_config()"]
+    lines += [f"    c.{key} = {value!r}" for key, value in values.items()]
+    lines += ["    return c", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return str(path)
