@@ -445,3 +445,70 @@ def torch_to_flax(state_dict, config) -> dict:
     """Flax ``params`` (top-level encoder/decoder/head) from a TorchUNet state_dict; see
     :func:`torch_to_flax_variables` for batch-norm statistics."""
     return torch_to_flax_variables(state_dict, config)["params"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training with the twin: jaxfcn's loss and optimiser definitions in PyTorch (for parity runs and benchmarks).
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, train_config,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``jaxfcn.train.losses.segmentation_loss`` for channels-first logits (N, K, *S) and labels (N, *S).
+
+    Same definitions: batch soft Dice over the foreground classes with ε = 1e-5, plus the voxel-mean
+    cross-entropy, weighted by ``train.dice_weight`` / ``train.ce_weight`` as ``train.loss`` selects.
+    """
+    from jaxfcn.train.losses import DICE_EPSILON, LOSSES
+
+    if train_config.loss not in LOSSES:
+        raise ValueError(f"unknown train.loss '{train_config.loss}', choose from {list(LOSSES)}")
+    logits = logits.float()
+    labels = labels.long()
+    w = torch.ones(labels.shape, dtype=torch.float32, device=logits.device)
+    if weight is not None:
+        w = w * weight.float().reshape((-1,) + (1,) * (labels.dim() - 1))
+    total = logits.new_zeros(())
+    if train_config.loss in ("dice_ce", "dice"):
+        k = logits.shape[1]
+        p = torch.softmax(logits, dim=1)
+        y = F.one_hot(labels, k).movedim(-1, 1).float()
+        wc = w.unsqueeze(1)
+        axes = [0] + list(range(2, logits.dim()))
+        intersection = (wc * p * y).sum(axes)
+        denominator = (wc * p).sum(axes) + (wc * y).sum(axes)
+        dice = (2.0 * intersection + DICE_EPSILON) / (denominator + DICE_EPSILON)
+        total = total + train_config.dice_weight * (1.0 - dice[1:].mean())
+    if train_config.loss in ("dice_ce", "ce"):
+        nll = F.cross_entropy(logits, labels, reduction="none")
+        total = total + train_config.ce_weight * (nll * w).sum() / w.sum().clamp_min(1.0)
+    return total
+
+
+def make_optimizer(parameters, train_config) -> torch.optim.Optimizer:
+    """``jaxfcn.train.step.base_optimizer`` in PyTorch: adam (L2 ``weight_decay``), adamw (decoupled), sgd.
+
+    Adam's constants are optax's (β = 0.9, 0.999; ε = 1e-8 added outside the square root). The learning
+    rate is set every step with :func:`set_learning_rate` from jaxfcn's own schedule. ``grad_clip`` is
+    applied by the caller (``torch.nn.utils.clip_grad_norm_``) before ``step()``.
+    """
+    t = train_config
+    lr = t.learning_rate
+    if t.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    raise ValueError(f"unknown train.optimizer '{t.optimizer}'")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def freeze(net: TorchUNet, parts) -> list[torch.nn.Parameter]:
+    """Stop gradients of the named top-level parts (no backward is built for them); returns the trainable
+    parameters, the twin of ``jaxfcn.partition.split_params``."""
+    for part in parts:
+        getattr(net, part).requires_grad_(False)
+    return [p for p in net.parameters() if p.requires_grad]
