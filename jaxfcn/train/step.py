@@ -143,6 +143,20 @@ def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable
     (one compilation per run). Augmentation (``data.augment``) runs inside the step with key
     ``fold_in(state.rng, state.step + 1)``. ``grad_norm`` is the global norm of the trainable gradients.
     """
+    return jax.jit(train_step_function(model, config, frozen_parts), donate_argnums=0)
+
+
+def train_step_function(model, config, frozen_parts: Iterable[str] = (), axis_name: str | None = None):
+    """The pure (unjitted) step of :func:`make_train_step`, for callers that vmap, shard or pmap it.
+
+    ``axis_name``: the step runs inside ``pmap`` over that axis with a shard of the batch per device, and
+    computes exactly the one-device step of the whole batch: the batch is all-gathered to augment it
+    with the one-device random draws, each device runs the model on its own shard, the logits are
+    all-gathered so the (batch-pooled) loss is the global one, and the gradients are averaged (every
+    device differentiates the same global loss through its shard, which the all-gather's transpose
+    counts once per device). BatchNorm normalises with per-shard statistics (flax's usual pmap
+    behaviour), so only its running averages, averaged over devices, are shared.
+    """
     frozen_parts = check_parts(frozen_parts, "frozen part")
     tx = make_optimizer(config.train, frozen_parts)
     augment = _augmenter(config.data)
@@ -157,14 +171,27 @@ def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable
             batch_stats = updated["batch_stats"]
         else:
             logits = model.apply(variables, image, train=True)
+        if axis_name is not None:
+            logits = jax.lax.all_gather(logits, axis_name, axis=0, tiled=True)
         return segmentation_loss(logits, label, train_config), batch_stats
 
     def train_step(state: TrainState, batch: dict):
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step + 1)
-        batch = augment(step_key, {"image": batch["image"], "label": batch["label"]})
+        batch = {"image": batch["image"], "label": batch["label"]}
+        if axis_name is None:
+            batch = augment(step_key, batch)
+            image, label = batch["image"], batch["label"]
+        else:
+            shard = batch["image"].shape[0]
+            batch = augment(step_key, jax.lax.all_gather(batch, axis_name, axis=0, tiled=True))
+            label = batch["label"]
+            image = jax.lax.dynamic_slice_in_dim(batch["image"], jax.lax.axis_index(axis_name) * shard, shard)
         trainable, frozen = split_params(state.params, frozen_parts)
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, frozen, state.batch_stats, batch["image"], batch["label"])
+            trainable, frozen, state.batch_stats, image, label)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            batch_stats = jax.lax.pmean(batch_stats, axis_name)
         # Frozen leaves get zero "gradients" only to give optax.partition a full tree; set_to_zero ignores
         # them and XLA removes them. The update is applied to the trainable subtree alone, so frozen
         # params are passed through untouched (bitwise).
@@ -175,7 +202,7 @@ def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable
                                   batch_stats=batch_stats, step=state.step + 1)
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(train_step, donate_argnums=0)
+    return train_step
 
 
 def make_eval_step(model, num_classes: int) -> Callable[[dict, dict], jax.Array]:
