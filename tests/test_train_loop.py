@@ -11,7 +11,7 @@ from jaxfcn.errors import UserError
 from jaxfcn.train import checkpoint
 from jaxfcn.train.loop import TrainingDiverged, data_seed, parse_snapshot_steps, train_and_evaluate
 from jaxfcn.train.workdir import load_run_config
-from train_helpers import shapes_dataset
+from train_helpers import like_real, shapes_dataset
 
 
 def leaves_equal(a, b) -> bool:
@@ -21,6 +21,7 @@ def leaves_equal(a, b) -> bool:
 
 @pytest.fixture
 def config(tiny_config):
+    like_real(tiny_config)  # shares the compiled step with the real-data tests
     tiny_config.model.num_classes = 0  # resolved from the data
     tiny_config.model.in_channels = 0
     return tiny_config
@@ -39,7 +40,7 @@ def test_run_layout_summary_and_snapshots(config, tmp_path):
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "dataset_info.json", "metrics.jsonl",
                                            "snapshots", "train_summary.json"]
     resolved = load_run_config(workdir)
-    assert (resolved.model.num_classes, resolved.model.in_channels) == (3, 1)
+    assert (resolved.model.num_classes, resolved.model.in_channels) == (4, 1)
     assert summary["train_step_compilations"] == 1
     assert summary["final_step"] == 6 and summary["snapshot_steps"] == [0, 1, 3, 6]
     assert set(summary["time_to_best_fraction"]) == {"90%", "95%", "99%"}

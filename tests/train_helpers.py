@@ -9,11 +9,13 @@ import numpy as np
 
 from jaxfcn.data.dataset import ArraySource, Case, DatasetInfo, SegmentationDataset
 
-CLASS_NAMES = ("background", "ball", "box")
+# Four classes, like the built-in tissue task: with the same tiny model and batch shape the compiled
+# train step is then the same program for synthetic and real-data tests (one compilation in the suite).
+CLASS_NAMES = ("background", "ball", "box", "rod")
 
 
 def shapes_volume(rng: np.random.Generator, size: int = 32, depth: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(image (X, Y, Z, 1) float32, label (X, Y, Z) int32): a ball (1) and a box (2) with noisy intensities."""
+    """(image (X, Y, Z, 1) float32, label (X, Y, Z) int32): a ball (1), a box (2) and a rod (3) in noise."""
     x, y, z = np.meshgrid(np.arange(size), np.arange(size), np.arange(depth), indexing="ij")
     label = np.zeros((size, size, depth), np.int32)
     c = rng.uniform(size * 0.3, size * 0.7, 2)
@@ -22,7 +24,9 @@ def shapes_volume(rng: np.random.Generator, size: int = 32, depth: int = 8) -> t
     b0 = rng.integers(0, size // 2, 2)
     w = rng.integers(size // 6, size // 3, 2)
     label[b0[0]:b0[0] + w[0], b0[1]:b0[1] + w[1], 1:depth - 1] = 2
-    image = np.array([0.0, 1.0, -1.0], np.float32)[label] + rng.normal(0, 0.3, label.shape).astype(np.float32)
+    r0 = rng.integers(size // 2, size - 3)
+    label[r0:r0 + 2, size // 4:size - 2, :] = 3
+    image = np.array([0.0, 1.0, -1.0, 2.0], np.float32)[label] + rng.normal(0, 0.3, label.shape).astype(np.float32)
     return image[..., None], label
 
 
@@ -67,3 +71,10 @@ def write_tiny_config(path, **changes) -> str:
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return str(path)
+
+
+def like_real(config):
+    """``tiny_config`` made to compile to the same train step as :data:`TINY_REAL` on the tissue task."""
+    config.model.num_classes = 4
+    config.train.lr_schedule = "constant"
+    return config
