@@ -203,7 +203,7 @@ class Prefetcher:
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per record; records beyond a resumed step are dropped."""
 
-    def __init__(self, path: str, resume_step: int):
+    def __init__(self, path: str, resume_step: int, write: bool = True):
         self.path = path
         self.records: list[dict] = []
         if os.path.isfile(path):
@@ -215,16 +215,20 @@ class MetricsLog:
                         continue
                     if record.get("step", 0) <= resume_step:
                         self.records.append(record)
-        wd.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self._file = open(path, "a")
+        self._file = None  # ``write=False`` (a non-primary process of a multi-host run): read, never write
+        if write:
+            wd.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+            self._file = open(path, "a")
 
     def write(self, record: dict) -> None:
         self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
 
     def close(self):
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def last(self, key: str, default=None):
         for record in reversed(self.records):
@@ -273,137 +277,246 @@ def prepare_run(config, workdir: str, dataset=None, progress: bool = True):
     return config, dataset, init, resume
 
 
-def train_and_evaluate(config, workdir: str, *, dataset=None, progress: bool = True) -> dict:
+def train_and_evaluate(config, workdir: str, *, dataset=None, progress: bool = True,
+                       devices: int | None = None) -> dict:
     """Train (or resume) the run of ``config`` in ``workdir``; returns the final train summary.
 
     ``dataset`` overrides ``config.data`` (a :class:`~jaxfcn.data.dataset.SegmentationDataset`, e.g. built
-    in memory); otherwise the dataset is opened with :func:`jaxfcn.data.open_dataset`.
+    in memory); otherwise the dataset is opened with :func:`jaxfcn.data.open_dataset`. ``train.parallel``
+    and ``devices`` (default: all) choose the devices (:func:`jaxfcn.train.parallel.plan_devices`).
     """
     config, dataset, init, resume = prepare_run(config, workdir, dataset, progress)
+    from jaxfcn.train.parallel import plan_devices
 
+    t = config.train
+    plan = plan_devices(t.parallel, t.batch_size, num_devices=devices)
+    plan.barrier("jaxfcn-checked")  # every process has checked the workdir before one writes to it
+
+    from jaxfcn.models import build_model
+    from jaxfcn.train.step import make_eval_step, train_step_function
+
+    if plan.primary:
+        wd.create_workdir(workdir, config, dataset.info)
+    plan.barrier("jaxfcn-created")
+    model = build_model(config.model)
+    run = RunFiles(workdir, config, primary=plan.primary)
+    try:
+        saved = run.checkpoint_steps()
+        state = plan.place_state(run.initial_state(model, init, saved[-1] if saved else None))
+        train_step = plan.compile_step(train_step_function(model, config, tuple(t.freeze), plan.axis_name), state)
+        (summary,) = train_runs(
+            config, dataset, [run], plan, state, train_step, make_eval_step(model, config.model.num_classes),
+            batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start), init=init,
+            progress=progress, summary_extra={"parallel": plan.describe()})
+        return summary
+    finally:
+        run.close()
+
+
+class RunFiles:
+    """One run's outputs while it trains: checkpoints, snapshots, ``metrics.jsonl``, ``train_summary.json``.
+
+    :func:`train_and_evaluate` keeps one; a K-seed program (:mod:`jaxfcn.train.multiseed`) one per seed.
+    With several processes, orbax saves are collective (every process makes them) and the plain files
+    are written by the ``primary`` process only.
+    """
+
+    def __init__(self, workdir: str, config, *, keep: int | None = None, primary: bool = True, label: str = ""):
+        from jaxfcn.train import checkpoint
+
+        self.workdir, self.config, self.primary, self.label = workdir, config, primary, label
+        self.states = checkpoint.state_manager(workdir, keep=config.train.keep_checkpoints if keep is None else keep)
+        self.snapshots = checkpoint.snapshot_manager(workdir)
+        self.summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
+        self.log: MetricsLog | None = None
+
+    def checkpoint_steps(self) -> list[int]:
+        return sorted(self.states.all_steps())
+
+    def initial_state(self, model, init: dict | None, step: int | None):
+        """The state saved at checkpoint ``step``; with ``step`` None the fresh run's state: the seeded
+        initialisation, with the ``init`` source's parts transferred into it."""
+        from jaxfcn.partition import transfer_params
+        from jaxfcn.train import checkpoint
+        from jaxfcn.train.step import init_train_state
+
+        frozen = tuple(self.config.train.freeze)
+        state = init_train_state(model, self.config, frozen)
+        if step is not None:
+            return checkpoint.restore_state(self.states, state, step)
+        if init is not None:
+            source_params = checkpoint.load_params(init["source"], init["step"])
+            state = init_train_state(model, self.config, frozen,
+                                     params=transfer_params(state.params, source_params, init["parts"]))
+        return state
+
+    def begin(self, state, start: int) -> float:
+        """Open the run at step ``start`` (a fresh run saves its step-0 snapshot); returns the training
+        time already spent (from the metrics log of a resumed run)."""
+        from jaxfcn.train import checkpoint
+
+        if start == 0:
+            checkpoint.save_snapshot(self.snapshots, 0, state.variables())
+        self.log = MetricsLog(os.path.join(self.workdir, wd.METRICS_FILE), start, write=self.primary)
+        self.previous = _load_json(self.summary_path)
+        self.resumed_at = (self.previous.get("resumed_at", []) + [start]) if start > 0 else []
+        self.best = max([r["val_dice"] for r in self.log.records if _finite(r.get("val_dice"))], default=float("-inf"))
+        self.val_dice = self.log.last("val_dice")
+        return float(self.log.last("train_time_s", 0.0))
+
+    def check_losses(self, steps: list[int], values: list[dict]) -> None:
+        """Raise :class:`TrainingDiverged` at the first non-finite loss."""
+        from jaxfcn.train import checkpoint
+
+        for s, m in zip(steps, values):
+            if not np.isfinite(m["loss"]):
+                last_good = self.states.latest_step()
+                raise TrainingDiverged(
+                    f"training diverged: loss is {m['loss']} at step {s}; last good checkpoint: "
+                    f"{'none' if last_good is None else f'step {last_good}'} in "
+                    f"{os.path.join(self.workdir, checkpoint.CHECKPOINT_DIR)}")
+
+    def flush(self, step: int, values: list[dict], train_time: float, steps_per_s: float, validation=None) -> dict:
+        """Log the steps since the last flush (``values``: their metrics, on the host) and, at a
+        validation step, ``validation`` = (val Dice, per-class Dice); returns the record."""
+        record = {"step": step, "loss": float(values[-1]["loss"]),
+                  "loss_mean": float(np.mean([v["loss"] for v in values])),
+                  "grad_norm": float(values[-1]["grad_norm"]), "train_time_s": round(train_time, 3),
+                  "steps_per_s": round(steps_per_s, 3)}
+        self.new_best = False
+        if validation is not None:
+            self.val_dice, per_class = validation
+            record.update(val_dice=self.val_dice, val_dice_per_class=per_class)
+            self.new_best = _finite(self.val_dice) and self.val_dice > self.best
+            if self.new_best:
+                self.best = self.val_dice
+        self.log.write(record)
+        return record
+
+    def save(self, state, *, snapshot: bool, checkpoint_now: bool, evaluated: bool) -> None:
+        """Snapshot and/or checkpoint ``state`` after a flush (a new best validation Dice forces a checkpoint)."""
+        from jaxfcn.train import checkpoint
+
+        if snapshot:
+            checkpoint.save_snapshot(self.snapshots, int(state.step), state.variables())
+        if checkpoint_now or self.new_best:
+            checkpoint.save_state(self.states, state, val_dice=self.val_dice if evaluated else None)
+
+    def finish(self, state, *, init, dataset, train_time: float, compilations, extra: dict | None = None) -> dict:
+        """Final checkpoint and snapshot, then ``train_summary.json``; returns the summary."""
+        from jaxfcn.train import checkpoint
+
+        t = self.config.train
+        checkpoint.save_state(self.states, state, val_dice=self.val_dice if _finite(self.val_dice) else None)
+        checkpoint.save_snapshot(self.snapshots, t.steps, state.variables())
+        evals = [r for r in self.log.records if _finite(r.get("val_dice"))]
+        best_record = max(evals, key=lambda r: r["val_dice"], default=None)
+        summary = {
+            "workdir": os.path.abspath(self.workdir),
+            "steps": t.steps,
+            "final_step": int(state.step),
+            "final_val_dice": _json_float(self.val_dice),
+            "best_val_dice": _json_float(best_record["val_dice"]) if best_record else None,
+            "best_step": best_record["step"] if best_record else None,
+            "time_to_best_fraction": time_to_fraction(self.log.records),
+            "train_time_s": round(train_time, 3),
+            "init": init or {"source": "random"},
+            "frozen": list(t.freeze),
+            "dataset": dataset.info.name,
+            "num_train_examples": dataset.num_examples("train"),
+            "resumed_at": self.resumed_at,
+            # jit cache entries of the train step in this process: 1 means it compiled exactly once
+            "train_step_compilations": compilations if compilations is not None else self.previous.get(
+                "train_step_compilations"),
+            "snapshot_steps": checkpoint.snapshot_steps(self.workdir),
+            **(extra or {}),
+        }
+        if self.primary:
+            wd.write_json_atomic(self.summary_path, summary)
+        return summary
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        self.states.close()
+        self.snapshots.close()
+
+
+def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, eval_step, *, batches, init,
+               progress: bool = True, summary_extra: dict | None = None) -> list[dict]:
+    """Train the runs of one program (one run, or the K seeds of a stacked program) to ``train.steps``.
+
+    ``state``: placed by ``plan`` (:class:`jaxfcn.train.parallel.DevicePlan`), whose ``members`` are the
+    runs' states in order; ``train_step``: compiled by ``plan``; ``batches(start)``: the host batches
+    from step ``start + 1`` on. Returns the runs' summaries.
+    """
     import jax
     from tqdm import tqdm
 
-    from jaxfcn.models import build_model
-    from jaxfcn.partition import transfer_params
-    from jaxfcn.train import checkpoint
-    from jaxfcn.train.step import init_train_state, make_eval_step, make_train_step
-
-    wd.create_workdir(workdir, config, dataset.info)
     t = config.train
-    frozen = tuple(t.freeze)
-    model = build_model(config.model)
-    state = init_train_state(model, config, frozen)
-    states = checkpoint.state_manager(workdir, keep=t.keep_checkpoints)
-    snapshots = checkpoint.snapshot_manager(workdir)
-    summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
-    log = None
+    members = plan.members(state)
+    start = int(members[0].step)
+    train_time = [run.begin(member, start) for run, member in zip(runs, members)][0]
+    del members
+    evaluate = eval_step if not plan.multi_process else (lambda v, b: eval_step(v, plan.place_replicated(b)))
+    snapshot_at = set(parse_snapshot_steps(t.snapshot_steps, t.steps)) | {t.steps}
+    last_flush_step, last_flush_time = start, train_time
+
+    source = Prefetcher(map(plan.place_batch, batches(start)))
+    bar = tqdm(total=t.steps, initial=start, disable=not (progress and plan.primary), dynamic_ncols=True,
+               desc="train", file=sys.stderr, leave=True)
+    pending = []  # (step, metrics on device) since the last flush
+    tick = time.perf_counter()
     try:
-        if states.latest_step() is not None:
-            state = checkpoint.restore_state(states, state)
-        elif init is not None:
-            source_params = checkpoint.load_params(init["source"], init["step"])
-            state = init_train_state(model, config, frozen,
-                                     params=transfer_params(state.params, source_params, init["parts"]))
-        state = jax.device_put(state)  # committed arrays: every step call sees the same input placement
-        start = int(state.step)
-        if start == 0:
-            checkpoint.save_snapshot(snapshots, 0, state.variables())
-        log = MetricsLog(os.path.join(workdir, wd.METRICS_FILE), start)
-        previous = _load_json(summary_path)
-        resumed_at = (previous.get("resumed_at", []) + [start]) if start > 0 else []
-
-        train_step = make_train_step(model, config, frozen)
-        eval_step = make_eval_step(model, config.model.num_classes)
-        snapshot_at = set(parse_snapshot_steps(t.snapshot_steps, t.steps)) | {t.steps}
-        best = max([r["val_dice"] for r in log.records if _finite(r.get("val_dice"))], default=float("-inf"))
-        train_time = float(log.last("train_time_s", 0.0))
-        val_dice = log.last("val_dice")
-        last_flush_step, last_flush_time = start, train_time
-
-        batches = Prefetcher(dataset.batches(t.batch_size, data_seed(t), start_step=start))
-        bar = tqdm(total=t.steps, initial=start, disable=not progress, dynamic_ncols=True, desc="train",
-                   file=sys.stderr, leave=True)
-        pending = []  # (step, metrics on device) since the last flush
-        tick = time.perf_counter()
-        try:
-            for step in range(start + 1, t.steps + 1):
-                state, metrics = train_step(state, next(batches))
-                pending.append((step, metrics))
-                is_eval = step % t.eval_every == 0 or step == t.steps
-                is_ckpt = step % t.checkpoint_every == 0 or step == t.steps
-                if not (step % t.log_every == 0 or is_eval or is_ckpt or step in snapshot_at):
-                    continue
-                # Flush: fetch the pending losses (this waits for the steps), check them, log.
-                values = jax.device_get([m for _, m in pending])
-                for (s, _), m in zip(pending, values):
-                    if not np.isfinite(m["loss"]):
-                        last_good = states.latest_step()
-                        raise TrainingDiverged(
-                            f"training diverged: loss is {m['loss']} at step {s}; last good checkpoint: "
-                            f"{'none' if last_good is None else f'step {last_good}'} in "
-                            f"{os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}")
-                now = time.perf_counter()
-                train_time += now - tick
-                steps_per_s = (step - last_flush_step) / max(train_time - last_flush_time, 1e-9)
-                last_flush_step, last_flush_time = step, train_time
-                record = {"step": step, "loss": float(values[-1]["loss"]),
-                          "loss_mean": float(np.mean([v["loss"] for v in values])),
-                          "grad_norm": float(values[-1]["grad_norm"]), "train_time_s": round(train_time, 3),
-                          "steps_per_s": round(steps_per_s, 3)}
-                pending = []
-                if is_eval:
-                    val_dice, per_class = validate(eval_step, state.variables(), dataset, config)
-                    record.update(val_dice=val_dice, val_dice_per_class=per_class)
-                    tqdm.write(f"step {step}/{t.steps}  loss {record['loss']:.4f}  val Dice {val_dice:.4f}  "
-                               f"{steps_per_s:.2f} steps/s", file=sys.stderr)
-                new_best = is_eval and _finite(val_dice) and val_dice > best
-                if new_best:
-                    best = val_dice
-                log.write(record)
-                if step in snapshot_at:
-                    checkpoint.save_snapshot(snapshots, step, state.variables())
-                if is_ckpt or new_best:
-                    checkpoint.save_state(states, state, val_dice=val_dice if is_eval else None)
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                val_dice="-" if val_dice is None else f"{val_dice:.4f}",
-                                steps_per_s=f"{steps_per_s:.2f}", refresh=False)
-                bar.update(step - bar.n)
-                tick = time.perf_counter()
-        finally:
-            bar.close()
-            batches.close()
-
-        checkpoint.save_state(states, state, val_dice=val_dice if _finite(val_dice) else None)
-        checkpoint.save_snapshot(snapshots, t.steps, state.variables())
-        evals = [r for r in log.records if _finite(r.get("val_dice"))]
-        best_record = max(evals, key=lambda r: r["val_dice"], default=None)
-        summary = {
-            "workdir": os.path.abspath(workdir),
-            "steps": t.steps,
-            "final_step": int(state.step),
-            "final_val_dice": _json_float(val_dice),
-            "best_val_dice": _json_float(best_record["val_dice"]) if best_record else None,
-            "best_step": best_record["step"] if best_record else None,
-            "time_to_best_fraction": time_to_fraction(log.records),
-            "train_time_s": round(train_time, 3),
-            "init": init or {"source": "random"},
-            "frozen": list(frozen),
-            "dataset": dataset.info.name,
-            "num_train_examples": dataset.num_examples("train"),
-            "resumed_at": resumed_at,
-            # jit cache entries of the train step in this process: 1 means it compiled exactly once
-            "train_step_compilations": int(train_step._cache_size()) if start < t.steps else previous.get(
-                "train_step_compilations"),
-            "snapshot_steps": checkpoint.snapshot_steps(workdir),
-        }
-        wd.write_json_atomic(summary_path, summary)
-        return summary
+        for step in range(start + 1, t.steps + 1):
+            state, metrics = train_step(state, next(source))
+            pending.append((step, metrics))
+            is_eval = step % t.eval_every == 0 or step == t.steps
+            is_ckpt = step % t.checkpoint_every == 0 or step == t.steps
+            if not (step % t.log_every == 0 or is_eval or is_ckpt or step in snapshot_at):
+                continue
+            # Flush: fetch the pending losses (this waits for the steps), check them, log.
+            fetched = jax.device_get([m for _, m in pending])
+            values = list(zip(*[plan.host_members(v) for v in fetched]))  # [run][pending step]
+            steps = [s for s, _ in pending]
+            for run, run_values in zip(runs, values):
+                run.check_losses(steps, run_values)
+            now = time.perf_counter()
+            train_time += now - tick
+            steps_per_s = (step - last_flush_step) / max(train_time - last_flush_time, 1e-9)
+            last_flush_step, last_flush_time = step, train_time
+            pending = []
+            members = plan.members(state) if (is_eval or is_ckpt or step in snapshot_at) else [None] * len(runs)
+            records = []
+            for run, run_values, member in zip(runs, values, members):
+                validation = validate(evaluate, member.variables(), dataset, config) if is_eval else None
+                record = run.flush(step, run_values, train_time, steps_per_s, validation)
+                records.append(record)
+                if is_eval and plan.primary:
+                    tqdm.write(f"{run.label}step {step}/{t.steps}  loss {record['loss']:.4f}  val Dice "
+                               f"{record['val_dice']:.4f}  {steps_per_s:.2f} steps/s", file=sys.stderr)
+                if member is not None:
+                    run.save(member, snapshot=step in snapshot_at, checkpoint_now=is_ckpt, evaluated=is_eval)
+            del members
+            val_dices = [run.val_dice for run in runs if run.val_dice is not None]
+            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in records]):.4f}",
+                            val_dice=f"{np.mean(val_dices):.4f}" if val_dices else "-",
+                            steps_per_s=f"{steps_per_s:.2f}", refresh=False)
+            bar.update(step - bar.n)
+            tick = time.perf_counter()
     finally:
-        if log is not None:
-            log.close()
-        states.close()
-        snapshots.close()
+        bar.close()
+        source.close()
+
+    compilations = _compilations(train_step) if start < t.steps else None
+    return [run.finish(member, init=init, dataset=dataset, train_time=train_time, compilations=compilations,
+                       extra=summary_extra) for run, member in zip(runs, plan.members(state))]
+
+
+def _compilations(compiled) -> int | None:
+    """Cache entries of a jitted function in this process (None where JAX does not expose them)."""
+    size = getattr(compiled, "_cache_size", None)
+    return int(size()) if callable(size) else None
 
 
 def _finite(x) -> bool:
