@@ -387,7 +387,8 @@ class RunFiles:
         if validation is not None:
             self.val_dice, per_class = validation
             record.update(val_dice=self.val_dice, val_dice_per_class=per_class)
-            self.new_best = _finite(self.val_dice) and self.val_dice > self.best
+            # ties go to the later step, as orbax's best checkpoint does
+            self.new_best = _finite(self.val_dice) and self.val_dice >= self.best
             if self.new_best:
                 self.best = self.val_dice
         self.log.write(record)
@@ -410,7 +411,7 @@ class RunFiles:
         checkpoint.save_state(self.states, state, val_dice=self.val_dice if _finite(self.val_dice) else None)
         checkpoint.save_snapshot(self.snapshots, t.steps, state.variables())
         evals = [r for r in self.log.records if _finite(r.get("val_dice"))]
-        best_record = max(evals, key=lambda r: r["val_dice"], default=None)
+        best_record = max(evals, key=lambda r: (r["val_dice"], r["step"]), default=None)
         summary = {
             "workdir": os.path.abspath(self.workdir),
             "steps": t.steps,
