@@ -10,7 +10,8 @@ report prints them verbatim. They were written before the first study ran and mu
 
 Results schema used here (written by :mod:`jaxfcn.reproduce.study`):
 - ``runs``: list of ``{"target", "train_size", "regime", "seed", "test_dice", "steps_to_95", "seconds_to_95"}``
-- ``filters``: list of ``{"regime", "layer", "relative_change", "verdict"}`` (verdict "random"/"non-random")
+- ``filters``: list of ``{"regime", "layer", "relative_change", "verdict"}`` (verdict "random-like"/"non-random",
+  from :func:`jaxfcn.analysis.filters.randomness_tests`)
 - ``cka``: ``{target: {"within": {regime: {layer: [values]}}, "between": {layer: [values]},
   "reuse": {layer: [values]}}}``; ``between`` = CKA(transfer model, random-init model),
   ``reuse`` = CKA(source model, fine-tuned transfer model), both at the largest training size.
@@ -26,6 +27,7 @@ import numpy as np
 from jaxfcn.reproduce.stats import format_interval, mean_interval, spearman
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NO_DATA = "supported", "not supported", "mixed", "insufficient data"
+RANDOM_LIKE = "random-like"  # the filter randomness verdict of jaxfcn.analysis.filters
 
 RULES = {
     1: "Time ratio r = steps-to-95%-of-final-val-Dice (transfer) / (random), paired by seed, pooled over all "
@@ -35,7 +37,8 @@ RULES = {
        "Spearman(size, g) < 0 for every target. (b) The harder target (lower random-init Dice at the largest "
        "size) has the larger gain at the smallest size. Supported if (a) and (b); not supported if neither; "
        "mixed otherwise.",
-    3: "Over conv layers of fully trained models (random and transfer regimes), (a) median relative change "
+    3: "Over conv layers of models trained from random init (source runs and random-init target runs at "
+       "the largest size), (a) median relative change "
        "‖W−W0‖/‖W0‖ < 0.5 (a fresh independent draw is at √2 ≈ 1.41), and (b) at least half of the layers "
        "pass the randomness tests. Supported if (a) and (b); not supported if neither; mixed otherwise.",
     4: "Ratio of test Dice, frozen_random / random, at the largest training size, per target. Supported if "
@@ -137,11 +140,11 @@ def claim_gain_dependence(results) -> dict:
 
 
 def claim_filters(results) -> dict:
-    rows = [f for f in results.get("filters", []) if f["regime"] in ("random", "transfer")]
+    rows = [f for f in results.get("filters", []) if f["regime"] in ("source", "random")]
     if not rows:
         return _row(3, "no filter statistics", NO_DATA, {})
     change = float(np.median([f["relative_change"] for f in rows]))
-    random_fraction = float(np.mean([f["verdict"] == "random" for f in rows]))
+    random_fraction = float(np.mean([f["verdict"] == RANDOM_LIKE for f in rows]))
     a, b = change < 0.5, random_fraction >= 0.5
     verdict = SUPPORTED if a and b else NOT_SUPPORTED if not a and not b else MIXED
     evidence = (f"median relative change {change:.3f} over {len(rows)} layer-runs; "

@@ -115,3 +115,23 @@ def prediction_examples(examples, path):
             ax.set_title(f"{title}: {name}", fontsize=8)
             ax.axis("off")
     return _save(fig, path)
+
+
+def model_heatmaps(matrices: dict, models: list[str], path, title: str = ""):
+    """Model × model CKA, one panel per layer (``matrices``: layer → M×M)."""
+    layers = list(matrices)
+    cols = min(4, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    for ax, layer in zip(axes.ravel(), layers):
+        im = ax.imshow(np.asarray(matrices[layer]), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xticks(range(len(models)), models, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(models)), models, fontsize=6)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="linear CKA")
+    fig.suptitle(f"CKA between models per layer — {title}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,88 @@
+"""The study's experiment grid: which runs exist, where they live, and the training config of each.
+
+Layout under the study's output folder::
+
+    OUT/source/seed_<s>/                                 # source pretraining runs
+    OUT/runs/<target>/n<size>/<regime>/seed_<s>/          # target runs (size "all" when 0)
+
+Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source seed
+``s mod source_seeds``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from jaxfcn.errors import UserError
+
+# regime → (initialise from the source?, frozen parts)
+REGIMES = {
+    "random": (False, ()),
+    "transfer": (True, ()),
+    "frozen_random": (False, ("encoder",)),
+    "frozen_transfer": (True, ("encoder",)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    kind: str  # "source" | "target"
+    task: str
+    seed: int
+    workdir: str
+    train_size: int = 0
+    regime: str = "random"
+    source_workdir: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "source":
+            return f"source {self.task} seed {self.seed}"
+        return f"{self.task} n={self.train_size or 'all'} {self.regime} seed {self.seed}"
+
+
+def task_label(task: str) -> str:
+    """A folder-safe name for a built-in task or a dataset folder."""
+    return os.path.basename(os.path.normpath(str(task))) or "task"
+
+
+def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
+    """(source runs, target runs) of the grid in ``config.study``."""
+    s = config.study
+    unknown = [r for r in s.regimes if r not in REGIMES]
+    if unknown:
+        raise UserError(f"study.regimes: unknown regime(s) {unknown}; choose from {list(REGIMES)}")
+    if s.seeds < 1 or s.source_seeds < 1:
+        raise UserError("study.seeds and study.source_seeds must be ≥ 1")
+    sources = [Run("source", s.source, seed, os.path.join(out_dir, "source", f"seed_{seed}"))
+               for seed in range(s.source_seeds)]
+    needs_source = any(REGIMES[r][0] for r in s.regimes)
+    targets = []
+    for target in s.targets:
+        for size in s.train_sizes:
+            for regime in s.regimes:
+                for seed in range(s.seeds):
+                    workdir = os.path.join(out_dir, "runs", task_label(target), f"n{size or 'all'}", regime,
+                                           f"seed_{seed}")
+                    source = sources[seed % len(sources)].workdir if REGIMES[regime][0] and needs_source else None
+                    targets.append(Run("target", target, seed, workdir, size, regime, source))
+    return sources, targets
+
+
+def run_config(config, run: Run):
+    """The training config of one run: the study's shared settings plus this run's task/size/regime/seed."""
+    c = config.copy_and_resolve_references()
+    c.data.task = run.task
+    c.train.seed = run.seed
+    if run.kind == "source":
+        c.train.steps = config.study.source_steps
+        c.data.train_size = 0
+        c.train.init, c.train.freeze = "random", ()
+    else:
+        from_source, frozen = REGIMES[run.regime]
+        c.train.steps = config.study.target_steps
+        c.data.train_size = run.train_size
+        c.train.init = run.source_workdir if from_source else "random"
+        c.train.freeze = frozen
+        c.train.reinit_head = True  # a new task: the source head's classes mean nothing here
+    return c
