@@ -44,7 +44,7 @@ def test_adam_steps_agree_and_frozen_parts_stay_put(tiny_config, frozen):
     data = shapes_dataset(n_train=2, n_val=1, n_test=1)
     model = build_model(c.model)
     state = init_train_state(model, c, frozen)
-    init = jax.tree.map(np.asarray, state.params)
+    init = jax.tree.map(np.array, state.params)  # copies: the step donates `state`
     step = make_train_step(model, c, frozen)
 
     net = TorchUNet(c).train()

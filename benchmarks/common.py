@@ -1,0 +1,187 @@
+"""Shared helpers of the benchmark scripts: interleaved timing, a matmul FLOP/s probe, machine info, JSON.
+
+Conventions every script follows (see README.md):
+
+- ``--quick`` (about two minutes on 2 CPU cores) and ``--json PATH``;
+- all sides measured in the same process, interleaved (A B A B …), after compilation/warm-up, each clock
+  read after ``block_until_ready`` (JAX) / ``torch.cuda.synchronize`` (CUDA); medians reported;
+- the same threads, batch and precision on every side.
+
+Example::
+
+    from common import interleave, machine_info
+    times = interleave({"jax": run_jax, "torch": run_torch}, rounds=5)   # {name: [s, s, …]}
+    print(median_ms(times["jax"]))
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (about 2 minutes on 2 cores)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    return parser
+
+
+def block(x):
+    """Wait for every JAX array in ``x`` (any pytree; other leaves are ignored) and return ``x``."""
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, dict[str, list]]:
+    """Run each ``fn`` ``warmup`` times, then ``rounds`` rounds of A B C …; per call, wall and CPU seconds.
+
+    Each ``fn`` must finish its work before returning (block on its result). Returns
+    ``{name: {"wall": [s…], "cpu": [s…]}}``. CPU time (all threads of this process) is kept because on a shared
+    machine wall time partly measures the neighbours.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: {"wall": [], "cpu": []} for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            out[name]["cpu"].append(time.process_time() - c)
+            out[name]["wall"].append(time.perf_counter() - w)
+    return out
+
+
+def median_ms(seconds: list[float], per: int = 1) -> float:
+    """Median of ``seconds`` in milliseconds, divided by ``per`` (e.g. steps per timed call)."""
+    return 1e3 * statistics.median(seconds) / per
+
+
+def matmul_flops(size: int = 2048, repeats: int = 5, frameworks=("jax", "torch")) -> dict[str, float]:
+    """Sustained fp32 FLOP/s of one ``size``² matmul (2·size³ FLOPs) per framework; median of ``repeats``.
+
+    This is the machine's practical dense-compute ceiling in this run (same threads, same neighbours), the
+    denominator of ``flops_fraction``. Frameworks that are not installed are skipped.
+    """
+    import numpy as np
+
+    flops = 2.0 * size**3
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    result = {}
+    if "jax" in frameworks:
+        import jax
+
+        x = jax.device_put(a)
+        mm = jax.jit(lambda x: x @ x)
+        block(mm(x))
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            block(mm(x))
+            times.append(time.perf_counter() - t)
+        result["jax"] = flops / statistics.median(times)
+    if "torch" in frameworks:
+        try:
+            import torch
+        except ImportError:
+            return result
+        device = torch_device()
+        x = torch.from_numpy(a).to(device)
+        torch.mm(x, x)
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            torch.mm(x, x)
+            sync(device)
+            times.append(time.perf_counter() - t)
+        result["torch"] = flops / statistics.median(times)
+    return result
+
+
+def torch_device() -> str:
+    """'cuda' when JAX runs on a GPU and PyTorch can use one too, else 'cpu' (both sides on the same kind)."""
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict:
+    """Date, host, CPU, cores, accelerator and the versions that decide the numbers."""
+    import jax
+
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import flax
+
+        info["flax"] = flax.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["torch_device"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return info
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True, default=float)
+            f.write("\n")

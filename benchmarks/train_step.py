@@ -1,0 +1,241 @@
+"""One U-Net train step, JAX (jaxfcn) against its PyTorch twin, full and frozen-encoder.
+
+A step is forward, Dice+CE loss, backward and an Adam update, on one fixed batch (no augmentation on
+either side, constant learning rate). Sides, all in this process, interleaved per round after warm-up:
+
+* ``jax``: ``jaxfcn.train.step.make_train_step`` (jitted, state donated), blocked on the step's loss;
+* ``torch_nchw``: :class:`jaxfcn.interop.torch.TorchUNet`, eager, default NCHW memory format;
+* ``torch_channels_last``: the same, model and input in ``channels_last`` (the faster eager layout on CPU);
+* ``torch_compile``: forward + loss through ``torch.compile`` (inductor), channels_last; skipped with its
+  error if it does not work on the machine.
+
+Frozen-encoder steps: JAX differentiates only the trainable subtree; PyTorch sets ``requires_grad=False``
+on the encoder (no encoder backward either). Every side starts from the same converted weights, uses the
+same threads (``torch.set_num_threads(os.cpu_count())``; XLA uses every core), batch and precision.
+
+Reported: ms/step (median wall; CPU-time medians too), ``speedup_vs_torch`` = best PyTorch ms ÷ JAX ms,
+``flops_fraction`` = achieved FLOP/s (XLA ``cost_analysis`` FLOPs of the compiled JAX step ÷ time) ÷ the
+fp32 matmul FLOP/s measured in this run (the larger of JAX's and PyTorch's), and frozen/full time ratios.
+
+    python benchmarks/train_step.py                # batch 8, 128², depth 4, base 16, fp32 (the goal's setting)
+    python benchmarks/train_step.py --quick        # 64², fewer rounds, no torch.compile (about 2 minutes)
+    python benchmarks/train_step.py --dtype bfloat16 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_common_args, interleave, machine_info, matmul_flops, median_ms, sync, torch_device, write_json  # noqa: E402
+
+NUM_CLASSES = 4  # the built-in tissue task: background, CSF, grey matter, white matter
+
+
+def bench_config(size: int, batch: int, depth: int, base: int, dtype: str):
+    from jaxfcn.config import base_config
+
+    c = base_config()
+    c.model.depth, c.model.base_width = depth, base
+    c.model.in_channels, c.model.num_classes = 1, NUM_CLASSES
+    c.model.compute_dtype = dtype
+    c.data.slice_shape = (size, size)
+    c.data.augment = False  # the twin has no augmentation; both sides compute exactly the same step
+    c.train.batch_size = batch
+    c.train.lr_schedule = "constant"
+    return c
+
+
+def xla_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return float(analysis.get("flops", float("nan")))
+
+
+def jax_side(config, batch, frozen, steps):
+    """(run(): `steps` steps blocked on the last loss, XLA FLOPs of one step)."""
+    import jax
+
+    from jaxfcn.models import build_model
+    from jaxfcn.train.step import init_train_state, make_train_step
+
+    model = build_model(config.model)
+    state = init_train_state(model, config, frozen)
+    step = make_train_step(model, config, frozen)
+    batch = jax.device_put(batch)
+    flops = xla_flops(step.lower(state, batch).compile())
+    holder = {"state": state}
+
+    def run():
+        state = holder["state"]
+        for _ in range(steps):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        holder["state"] = state
+
+    return run, flops, state.params
+
+
+def torch_side(config, params, batch, frozen, steps, variant, device):
+    """run(): `steps` PyTorch steps of the twin in `variant` (nchw | channels_last | compile)."""
+    import numpy as np
+    import torch
+
+    from jaxfcn.interop.torch import TorchUNet, flax_to_torch, freeze, make_optimizer, segmentation_loss
+
+    net = TorchUNet(config)
+    net.load_state_dict(flax_to_torch(params, config))
+    net = net.to(device).train()
+    x = torch.from_numpy(np.moveaxis(np.asarray(batch["image"]), -1, 1).copy()).to(device)
+    y = torch.from_numpy(np.asarray(batch["label"])).long().to(device)
+    if variant in ("channels_last", "compile"):
+        fmt = torch.channels_last if config.model.spatial_dims == 2 else torch.channels_last_3d
+        net = net.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
+    opt = make_optimizer(freeze(net, frozen), config.train)
+
+    def loss_fn(x, y):
+        return segmentation_loss(net(x), y, config.train)
+
+    if variant == "compile":
+        loss_fn = torch.compile(loss_fn)
+    autocast = config.model.compute_dtype == "bfloat16"
+
+    def run():
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_fn(x, y)
+            loss.backward()
+            opt.step()
+        sync(device)
+        return float(loss.detach())
+
+    return run
+
+
+def main(argv=None) -> dict:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--size", type=int, default=0, help="slice side (default 128; 64 with --quick)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--base", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 7; 3 with --quick)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per timed call (default 3; 2 with --quick)")
+    parser.add_argument("--torch", default="", help="comma list of nchw,channels_last,compile "
+                        "(default: all; without compile with --quick)")
+    args = parser.parse_args(argv)
+    size = args.size or (64 if args.quick else 128)
+    rounds = args.rounds or (3 if args.quick else 7)
+    steps = args.steps or (2 if args.quick else 3)
+    variants = [v for v in (args.torch or ("nchw,channels_last" if args.quick else "nchw,channels_last,compile"))
+                .split(",") if v]
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    device = torch_device()
+    config = bench_config(size, args.batch, args.depth, args.base, args.dtype)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((args.batch, size, size, 1), dtype=np.float32),
+             "label": rng.integers(0, NUM_CLASSES, (args.batch, size, size)).astype(np.int32)}
+
+    fns, flops, errors = {}, {}, {}
+    for regime, frozen in (("full", ()), ("frozen", ("encoder",))):
+        run, flops[regime], params = jax_side(config, batch, frozen, steps)
+        fns[f"{regime}/jax"] = run
+        for variant in variants:
+            name = f"{regime}/torch_{variant}"
+            try:
+                fn = torch_side(config, params, batch, frozen, steps, variant, device)
+                fn()  # torch.compile compiles here; failures are reported, not fatal
+                fns[name] = fn
+            except Exception as e:  # noqa: BLE001 - any backend failure means "does not work here"
+                errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    peak = matmul_flops()
+    times = interleave(fns, rounds=rounds, warmup=1)
+    peak_after = matmul_flops()  # bracket the run: the neighbours' load changes the ceiling too
+
+    ms = {name: median_ms(t["wall"], steps) for name, t in times.items()}
+    cpu_ms = {name: median_ms(t["cpu"], steps) for name, t in times.items()}
+    ceiling = max(max(peak.values()), max(peak_after.values()))
+    regimes = {}
+    for regime in ("full", "frozen"):
+        torch_ms = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith(regime + "/torch_")}
+        best = min(torch_ms, key=torch_ms.get) if torch_ms else None
+        jax_ms = ms[f"{regime}/jax"]
+        regimes[regime] = {
+            "jax_ms": jax_ms,
+            "torch_ms": torch_ms,
+            "best_torch": best,
+            "speedup_vs_torch": torch_ms[best] / jax_ms if best else None,
+            "xla_flops_per_step": flops[regime],
+            "jax_gflops_per_s": flops[regime] / jax_ms * 1e-6,
+            "flops_fraction": flops[regime] / (jax_ms * 1e-3) / ceiling,
+            "torch_flops_fraction": {k: flops[regime] / (v * 1e-3) / ceiling for k, v in torch_ms.items()},
+        }
+    result = {
+        "benchmark": "train_step",
+        "machine": machine_info(),
+        "config": {"batch": args.batch, "size": size, "depth": args.depth, "base_width": args.base,
+                   "dtype": args.dtype, "classes": NUM_CLASSES, "optimizer": "adam", "rounds": rounds,
+                   "steps_per_call": steps, "torch_device": device, "torch_threads": torch.get_num_threads(),
+                   "quick": args.quick},
+        "matmul_gflops_per_s": {"before": {k: v * 1e-9 for k, v in peak.items()},
+                                "after": {k: v * 1e-9 for k, v in peak_after.items()}},
+        "full": regimes["full"],
+        "frozen": regimes["frozen"],
+        "speedup_vs_torch": regimes["full"]["speedup_vs_torch"],
+        "flops_fraction": regimes["full"]["flops_fraction"],
+        "frozen_over_full": {"jax": ms["frozen/jax"] / ms["full/jax"],
+                             **{v: ms[f"frozen/torch_{v}"] / ms[f"full/torch_{v}"] for v in variants
+                                if f"full/torch_{v}" in ms and f"frozen/torch_{v}" in ms}},
+        "ms_per_step": ms,
+        "cpu_ms_per_step": cpu_ms,
+        "rounds_ms": {name: [round(1e3 * s / steps, 1) for s in t["wall"]] for name, t in times.items()},
+        "errors": errors,
+    }
+    full, frozen = regimes["full"], regimes["frozen"]
+    result["headline"] = {
+        "jax_ms": full["jax_ms"],
+        "best_torch_ms": full["torch_ms"].get(full["best_torch"]) if full["best_torch"] else None,
+        "best_torch": full["best_torch"],
+        "speedup_vs_torch": full["speedup_vs_torch"],
+        "flops_fraction": full["flops_fraction"],
+        "frozen_jax_ms": frozen["jax_ms"],
+        "frozen_speedup_vs_torch": frozen["speedup_vs_torch"],
+        "frozen_over_full_jax": result["frozen_over_full"]["jax"],
+    }
+    print_table(result)
+    write_json(args.json, result)
+    return result
+
+
+def print_table(r: dict) -> None:
+    c = r["config"]
+    print(f"train step: batch {c['batch']}, {c['size']}², depth {c['depth']}, base {c['base_width']}, {c['dtype']}, "
+          f"{r['machine']['backend']} ({r['machine']['cpus']} cpus, torch threads {c['torch_threads']}); "
+          f"medians of {c['rounds']} rounds × {c['steps_per_call']} steps")
+    names = sorted({k.split("/", 1)[1] for k in r["ms_per_step"]}, key=lambda n: (n != "jax", n))
+    print(f"{'side':24s} {'full ms':>9s} {'frozen ms':>10s} {'frozen/full':>12s} {'full cpu-ms':>12s}")
+    for n in names:
+        full, frozen = r["ms_per_step"].get(f"full/{n}"), r["ms_per_step"].get(f"frozen/{n}")
+        ratio = f"{frozen / full:.2f}" if full and frozen else "-"
+        cpu = r["cpu_ms_per_step"].get(f"full/{n}")
+        print(f"{n:24s} {full or float('nan'):9.1f} {frozen or float('nan'):10.1f} {ratio:>12s} {cpu or float('nan'):12.1f}")
+    for regime in ("full", "frozen"):
+        g = r[regime]
+        print(f"{regime}: speedup_vs_torch {g['speedup_vs_torch'] or float('nan'):.2f} (best torch: {g['best_torch']}), "
+              f"flops_fraction {g['flops_fraction']:.3f} ({g['jax_gflops_per_s']:.1f} GFLOP/s of "
+              f"{g['xla_flops_per_step'] / 1e9:.2f} GFLOP/step)")
+    print("matmul GFLOP/s:", {k: {f: round(v, 1) for f, v in d.items()} for k, d in r["matmul_gflops_per_s"].items()})
+    for name, err in r["errors"].items():
+        print(f"skipped {name}: {err}")
+
+
+if __name__ == "__main__":
+    main()
