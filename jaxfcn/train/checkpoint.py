@@ -116,8 +116,13 @@ def best_checkpoint_step(workdir: str) -> int | None:
         manager.close()
 
 
-def _to_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
+def _variables(item) -> dict:
+    """Restored ``{"params", "batch_stats"}`` as numpy, params in the canonical part order (orbax restores
+    dicts with sorted keys)."""
+    from jaxfcn.partition import merge_params
+
+    params = merge_params(jax.tree.map(np.asarray, item["params"]), {})
+    return {"params": params, "batch_stats": jax.tree.map(np.asarray, item.get("batch_stats") or {})}
 
 
 def load_variables(workdir: str, step: int | str | None = None) -> tuple[dict, int]:
@@ -141,14 +146,14 @@ def load_variables(workdir: str, step: int | str | None = None) -> tuple[dict, i
             item = manager.restore(step, args=ocp.args.StandardRestore())
         finally:
             manager.close()
-        return _to_numpy({"params": item["params"], "batch_stats": item.get("batch_stats") or {}}), step
+        return _variables(item), step
     if step in ckpts:
         manager = state_manager(workdir, read_only=True)
         try:
             state = manager.restore(step, args=ocp.args.StandardRestore())
         finally:
             manager.close()
-        return _to_numpy({"params": state["params"], "batch_stats": state.get("batch_stats") or {}}), step
+        return _variables(state), step
     raise UserError(f"{workdir}: no parameters saved at step {step} (snapshots: {snaps}; checkpoints: {ckpts})")
 
 

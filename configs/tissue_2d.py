@@ -1,0 +1,31 @@
+"""Source task (built-in): grey matter / white matter / other intracranial on real T1 MRI, 2D U-Net.
+
+    jaxfcn train --config configs/tissue_2d.py --workdir runs/tissue_2d
+    jaxfcn evaluate --workdir runs/tissue_2d            # test split: the ICBM 2009c template
+
+Sized to train on a laptop CPU (3 mm grid, 64² slices from all three orientations, widths 8-64); the
+target-task configs (subcortical_2d.py, structures_2d.py) load this file, so their architecture always
+matches and `--init runs/tissue_2d` works.
+
+Result: RESULT_PLACEHOLDER
+"""
+from jaxfcn.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.depth = 4
+    c.model.base_width = 8
+    c.model.norm_groups = 4
+    c.data.task = "tissue"
+    c.data.spacing = 3.0
+    c.data.slice_shape = (64, 64)
+    c.train.steps = 1000
+    c.train.batch_size = 8
+    c.train.learning_rate = 2e-3
+    c.train.eval_every = 100
+    c.train.log_every = 25
+    c.train.checkpoint_every = 250
+    c.train.val_batches = 8
+    c.train.snapshot_steps = "log:8"
+    return c
