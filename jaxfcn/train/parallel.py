@@ -110,8 +110,9 @@ class DevicePlan:
 
     @property
     def axis_name(self) -> str | None:
-        """The collective axis the step must be built with (pmap only)."""
-        return PMAP_AXIS if self.mode == "pmap" else None
+        """The collective axis the step must be built with: pmap, and sharding of stacked seeds (whose
+        step is partitioned by hand, see :meth:`compile_step`)."""
+        return PMAP_AXIS if self.mode == "pmap" or (self.mode == "sharding" and self.num_seeds) else None
 
     @property
     def primary(self) -> bool:
@@ -151,14 +152,6 @@ class DevicePlan:
 
     def _batch_sharding(self):
         return self._named("seed", "data") if self.seed_batches else self._named("data")
-
-    def _member_sharding(self):
-        """Where one model's state is handed out: one device, or (several processes) replicated globally."""
-        import jax
-
-        if self.multi_process:
-            return self._named()
-        return jax.sharding.SingleDeviceSharding(self.devices[0])
 
     # --- placement ------------------------------------------------------------------------------------
 
@@ -205,9 +198,20 @@ class DevicePlan:
         if self.mode == "pmap":
             return jax.pmap(step_fn, axis_name=PMAP_AXIS, devices=list(self.devices), donate_argnums=0)
         state_sharding = jax.tree.map(lambda _: self._state_sharding(), state)
-        # Metrics come back replicated so every process can read them.
+        if self.num_seeds:
+            # Stacked seeds are partitioned by hand: each device steps its seeds on its batch shard, with
+            # the step's own collectives over "data". XLA's partitioner mishandles the grouped convolutions
+            # of vmapped seeds: wrong results when the seed axis is sharded (seen with 1×1 convolutions,
+            # JAX 0.10.2) and an all-gather of the whole batch when only the batch is (openxla/xla#47945).
+            spec = jax.sharding.PartitionSpec
+            batch_spec = spec("seed", "data") if self.seed_batches else spec("data")
+            step_fn = jax.shard_map(step_fn, mesh=self.mesh, in_specs=(spec("seed"), batch_spec),
+                                    out_specs=(spec("seed"), spec("seed")), check_vma=False)
+            metrics_sharding = self._named("seed")
+        else:
+            metrics_sharding = self._named()
         return jax.jit(step_fn, in_shardings=(state_sharding, self._batch_sharding()),
-                       out_shardings=(state_sharding, self._named()), donate_argnums=0)
+                       out_shardings=(state_sharding, metrics_sharding), donate_argnums=0)
 
     # --- per-model views ------------------------------------------------------------------------------
 
@@ -219,7 +223,13 @@ class DevicePlan:
 
         if self.mode == "none" and not self.num_seeds:
             return [tree]
-        return _unstack_fn(self)(tree)
+        if self.mode == "sharding" and not self.num_seeds:
+            members = [tree]  # already replicated
+        else:
+            members = _unstack_fn(self)(tree)
+        if self.multi_process:
+            return members
+        return jax.device_put(members, self.devices[0])  # a replicated array's local copy: no transfer
 
     def host_members(self, tree) -> list:
         """:meth:`members` of a tree already fetched to the host (numpy), e.g. the step metrics."""
@@ -260,7 +270,8 @@ def _unstack_fn(plan: DevicePlan) -> Callable:
                 return [tree]
             return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
 
-        _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._member_sharding())
+        # Sharding: replicated outputs (global arrays that every process can save and evaluate).
+        _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._named() if plan.mode == "sharding" else None)
     return _UNSTACK_CACHE[key]
 
 
