@@ -16,6 +16,9 @@ regimes (the paper's three):
   jaxfcn train --config configs/subcortical_2d.py --workdir runs/sub_transfer --init runs/tissue
   jaxfcn train --config configs/subcortical_2d.py --workdir runs/sub_frozen --freeze encoder
 
+many seeds in one program (runs/sub_seeds/seed_0 … seed_7, each an ordinary workdir):
+  jaxfcn train --config configs/subcortical_2d.py --workdir runs/sub_seeds --seeds 8 --seed 0
+
 Re-running the same command resumes the run from its latest checkpoint; a workdir that belongs to
 another config is refused.
 """
@@ -46,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_program_arguments(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -74,6 +78,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=_predict)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def add_program_arguments(p) -> None:
+    """Seeds, devices and processes of ``jaxfcn train`` (see jaxfcn.train.multiseed / parallel)."""
+    g = p.add_argument_group("seeds and devices")
+    g.add_argument("--seed", type=int, metavar="S", help="the (first) seed (sets train.seed)")
+    g.add_argument("--seeds", type=_positive_int, metavar="K",
+                   help="train seeds S..S+K-1 together in one program, in WORKDIR/seed_<n>/ (sets train.num_seeds)")
+    g.add_argument("--seed-strategy", metavar="NAME",
+                   help="how K seeds share a step: auto (by backend), vmap, per_seed, im2col, map (sets train.seed_strategy)")
+    g.add_argument("--parallel", choices=("auto", "none", "pmap", "sharding"),
+                   help="data parallelism over devices; auto = sharding when >1 device (sets train.parallel)")
+    g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N devices (default: all)")
+    g = p.add_argument_group("multi-host (one process per host; see docs/multihost.md)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes (or JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (or JAX_PROCESS_ID)")
+    g.add_argument("--distributed", action="store_true",
+                   help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI)")
+
+
 def train_config_from_args(args):
     """The config of ``jaxfcn train``: file, then ``--set``, then the explicit flags (which win)."""
     from jaxfcn.config import apply_overrides, load_config
@@ -90,20 +123,40 @@ def train_config_from_args(args):
             if part.strip() not in ("encoder", "decoder", "head"):
                 raise UserError(f"--freeze {args.freeze}: unknown part '{part}' (encoder, decoder, head)")
         flags.append(f"train.freeze={parts}")
+    for flag, key in (("seed", "seed"), ("seeds", "num_seeds"), ("seed_strategy", "seed_strategy"),
+                      ("parallel", "parallel")):
+        if getattr(args, flag, None) is not None:
+            flags.append(f"train.{key}={getattr(args, flag)}")
     apply_overrides(config, flags)
     return config
 
 
 def _train(args) -> int:
+    from jaxfcn.train.parallel import initialize_distributed
+
+    # Before anything else touches JAX (the multi-controller runtime must come first).
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    config = train_config_from_args(args)
+    if config.train.num_seeds > 1:
+        return _train_seeds(config, args)
     from jaxfcn.train.loop import train_and_evaluate
 
-    config = train_config_from_args(args)
-    summary = train_and_evaluate(config, args.workdir, progress=not args.no_progress)
+    summary = train_and_evaluate(config, args.workdir, progress=not args.no_progress, devices=args.devices)
     best = summary.get("best_val_dice")
     print(f"trained {summary['final_step']} steps: best val Dice "
           f"{'n/a' if best is None else f'{best:.4f}'} (step {summary.get('best_step')}), final "
           f"{'n/a' if summary.get('final_val_dice') is None else format(summary['final_val_dice'], '.4f')}; "
           f"workdir {args.workdir}")
+    return 0
+
+
+def _train_seeds(config, args) -> int:
+    from jaxfcn.train.multiseed import train_seeds
+
+    summaries = train_seeds(config, args.workdir, progress=not args.no_progress, devices=args.devices)
+    for s in summaries:
+        best = s.get("best_val_dice")
+        print(f"{s['workdir']}: {s['final_step']} steps, best val Dice {'n/a' if best is None else f'{best:.4f}'}")
     return 0
 
 

@@ -43,7 +43,7 @@ from jaxfcn.train import workdir as wd
 from jaxfcn.train.loop import RunFiles, check_config, data_seed, open_training_data, prepare_run, train_runs
 
 MANIFEST_FILE = "seeds.json"
-SEED_STRATEGIES = ("auto", "vmap")
+FALLBACK_STRATEGIES = ("auto", "vmap")  # without jaxfcn.train.seeds
 MIN_KEEP = 2  # checkpoints each seed keeps (see "Resume" above)
 
 
@@ -67,28 +67,35 @@ def program_seeds(train_config) -> list[int]:
 def stacked_step_function(model, config, frozen_parts, *, shared_batch: bool, axis_name: str | None = None):
     """The pure K-seed step ``(stacked state, batch) -> (stacked state, {"loss": (K,), "grad_norm": (K,)})``.
 
-    ``batch`` is one ``(B, ...)`` batch for all seeds (``shared_batch``) or ``(K, B, ...)``. This is the
-    plain ``jax.vmap`` of the one-seed step; ``train.seed_strategy`` picks a faster formulation from
-    :mod:`jaxfcn.train.seeds` where that module provides one (``stacked_step_function`` with this
-    signature plus ``strategy``).
+    ``batch`` is one ``(B, ...)`` batch for all seeds (``shared_batch``) or ``(K, B, ...)``. The
+    formulation is ``train.seed_strategy`` of :mod:`jaxfcn.train.seeds`; without that module, the plain
+    ``jax.vmap`` of the one-seed step.
     """
+    seeds = _seed_strategies()
+    if seeds is not None:
+        return seeds.stacked_step_function(model, config, frozen_parts, strategy=config.train.seed_strategy,
+                                           shared_batch=shared_batch, axis_name=axis_name)
     import jax
 
     from jaxfcn.train.step import train_step_function
 
-    strategy = config.train.seed_strategy
-    seeds = _seed_strategies()
-    if seeds is not None and strategy not in ("vmap",):
-        return seeds.stacked_step_function(model, config, frozen_parts, strategy=strategy,
-                                           shared_batch=shared_batch, axis_name=axis_name)
-    if strategy not in SEED_STRATEGIES:
-        raise UserError(f"--seed-strategy {strategy}: not one of {list(SEED_STRATEGIES)}")
+    resolve_strategy(config.train.seed_strategy)
     step = train_step_function(model, config, frozen_parts, axis_name=axis_name)
     return jax.vmap(step, in_axes=(0, None if shared_batch else 0))
 
 
+def resolve_strategy(strategy: str) -> str:
+    """The strategy ``strategy`` (``auto`` resolved) that runs; UserError for unknown names."""
+    seeds = _seed_strategies()
+    if seeds is not None:
+        return seeds.check_strategy(strategy)
+    if strategy not in FALLBACK_STRATEGIES:
+        raise UserError(f"--seed-strategy {strategy}: not one of {list(FALLBACK_STRATEGIES)}")
+    return "vmap"
+
+
 def _seed_strategies():
-    """:mod:`jaxfcn.train.seeds` if it offers ``stacked_step_function``, else None (plain vmap)."""
+    """:mod:`jaxfcn.train.seeds` if present (it owns the K-seed step formulations), else None."""
     try:
         from jaxfcn.train import seeds
     except ImportError:
@@ -140,8 +147,7 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
     t = config.train
     if t.num_seeds < 1:
         raise UserError(f"--seeds {t.num_seeds}: must be at least 1")
-    if t.seed_strategy not in SEED_STRATEGIES and _seed_strategies() is None:
-        raise UserError(f"--seed-strategy {t.seed_strategy}: not one of {list(SEED_STRATEGIES)}")
+    strategy = resolve_strategy(t.seed_strategy)
     seeds = program_seeds(t)
     check_config(config)
     check_program_dir(workdir, seeds)
@@ -187,7 +193,7 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
             batches=lambda start: stacked_batches(dataset, t.batch_size, data_seeds, start), init=init,
             progress=progress, summary_extra={
                 "parallel": plan.describe(),
-                "program": {"seeds": seeds, "workdir": os.path.abspath(workdir), "seed_strategy": t.seed_strategy}})
+                "program": {"seeds": seeds, "workdir": os.path.abspath(workdir), "seed_strategy": strategy}})
     finally:
         for run in runs:
             run.close()
