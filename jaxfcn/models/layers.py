@@ -1,14 +1,31 @@
 """Building blocks of the U-Net: convolution, normalisation, and the depth-to-space up-convolution.
 
 All layers are channels-last (N, *spatial, C) and work for 2 or 3 spatial dimensions.
+
+Convolution strategies (``ConvND.impl`` / ``config.model.conv_impl``; parameters and the function computed are
+the same for all, only the XLA program differs; measurements in ``benchmarks/README.md``):
+
+- ``xla``: ``lax.conv_general_dilated``, differentiated by JAX. Under ``vmap`` over per-seed kernels JAX
+  turns it into a *grouped* convolution (``feature_group_count = K``), which XLA:CPU runs several times
+  slower per seed than K plain convolutions.
+- ``im2col``: patch extraction + one matmul. Vmaps into a batched matmul, but materialising the patches
+  is memory-bound and slow on CPU.
+- ``per_seed``: the ``xla`` convolution (same forward, input-gradient and weight-gradient programs for one
+  seed) with a custom ``vmap`` rule: per-seed kernels give one plain convolution per seed instead of a grouped
+  one; a shared input with per-seed kernels (the first layer when seeds share batches) gives one
+  convolution with K·Cout output channels; a per-seed input with a shared kernel folds the seeds into the
+  batch. Use it for stacked-seed training (:mod:`jaxfcn.train.seeds`) and for vmapping over many models.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+CONV_IMPLS = ("xla", "im2col", "per_seed")
 
 KERNEL_INITS: dict[str, Callable] = {
     "he_normal": nn.initializers.he_normal(),
@@ -24,6 +41,14 @@ def kernel_initializer(name: str) -> Callable:
     if name not in KERNEL_INITS:
         raise ValueError(f"unknown kernel_init '{name}', choose from {sorted(KERNEL_INITS)}")
     return KERNEL_INITS[name]
+
+
+def xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'SAME' stride-1 convolution, x (N, *S, Cin), kernel (*k, Cin, Cout) -> (N, *S, Cout)."""
+    spatial = x.ndim - 2
+    letters = "DHW"[-spatial:]
+    dn = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+    return jax.lax.conv_general_dilated(x, kernel, (1,) * spatial, "SAME", dimension_numbers=dn)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -53,6 +78,98 @@ def _offsets(k):
     return [(i,) + rest for i in range(k[0]) for rest in _offsets(k[1:])]
 
 
+# --- per_seed: the XLA convolution with vmap rules that never produce a grouped convolution -------------
+
+def _select(args, in_batched, i):
+    return [a[i] if batched else a for a, batched in zip(args, in_batched)]
+
+
+def _one_per_seed(fn, axis_size, in_batched, args):
+    """The vmap of ``fn`` as ``axis_size`` separate calls (independent ops XLA may run concurrently)."""
+    return jnp.stack([fn(*_select(args, in_batched, i)) for i in range(axis_size)]), True
+
+
+def _seed_to_channels(a: jax.Array) -> jax.Array:
+    """(K, ..., C) -> (..., K·C): seed-major channel blocks."""
+    return jnp.moveaxis(a, 0, -2).reshape(*a.shape[1:-1], -1)
+
+
+def _channels_to_seed(a: jax.Array, axis_size: int) -> jax.Array:
+    """Inverse of :func:`_seed_to_channels`."""
+    return jnp.moveaxis(a.reshape(*a.shape[:-1], axis_size, -1), -2, 0)
+
+
+@jax.custom_batching.custom_vmap
+def _conv_forward(x, kernel):
+    return xla_conv(x, kernel)
+
+
+@_conv_forward.def_vmap
+def _conv_forward_vmap(axis_size, in_batched, x, kernel):
+    x_batched, kernel_batched = in_batched
+    if x_batched and not kernel_batched:
+        y = _conv_forward(x.reshape(-1, *x.shape[2:]), kernel)
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+    if kernel_batched and not x_batched:
+        return _channels_to_seed(_conv_forward(x, _seed_to_channels(kernel)), axis_size), True
+    return _one_per_seed(_conv_forward, axis_size, in_batched, (x, kernel))
+
+
+@jax.custom_batching.custom_vmap
+def _conv_input_grad(dy, kernel):
+    x = jnp.zeros(dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype)  # only its shape is used
+    return jax.vjp(lambda x: xla_conv(x, kernel), x)[1](dy)[0]
+
+
+@_conv_input_grad.def_vmap
+def _conv_input_grad_vmap(axis_size, in_batched, dy, kernel):
+    dy_batched, kernel_batched = in_batched
+    if dy_batched and not kernel_batched:
+        dx = _conv_input_grad(dy.reshape(-1, *dy.shape[2:]), kernel)
+        return dx.reshape(axis_size, -1, *dx.shape[1:]), True
+    return _one_per_seed(_conv_input_grad, axis_size, in_batched, (dy, kernel))
+
+
+@jax.custom_batching.custom_vmap
+def _conv_kernel_grad(x, dy, kernel):
+    # ``kernel`` only supplies the kernel shape (its spatial size is not implied by x and dy).
+    return jax.vjp(lambda k: xla_conv(x, k), jnp.zeros_like(kernel))[1](dy)[0]
+
+
+@_conv_kernel_grad.def_vmap
+def _conv_kernel_grad_vmap(axis_size, in_batched, x, dy, kernel):
+    x_batched, dy_batched, _ = in_batched
+    if dy_batched and not x_batched:
+        # Shared input (first layer, seeds sharing batches): one weight-gradient with K·Cout output channels.
+        kernel = jnp.zeros(kernel.shape[-x.ndim:-1] + (axis_size * dy.shape[-1],), dy.dtype)
+        return _channels_to_seed(_conv_kernel_grad(x, _seed_to_channels(dy), kernel), axis_size), True
+    return _one_per_seed(_conv_kernel_grad, axis_size, in_batched, (x, dy, kernel))
+
+
+@jax.custom_vjp
+def per_seed_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`xla_conv` whose ``vmap`` over kernels is one convolution per seed (see module docstring)."""
+    return _conv_forward(x, kernel)
+
+
+def _per_seed_conv_fwd(x, kernel):
+    return _conv_forward(x, kernel), (x, kernel)
+
+
+def _per_seed_conv_bwd(residuals, dy):
+    x, kernel = residuals
+    return _conv_input_grad(dy, kernel), _conv_kernel_grad(x, dy, kernel)
+
+
+per_seed_conv.defvjp(_per_seed_conv_fwd, _per_seed_conv_bwd)
+
+CONV_FUNCTIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "xla": xla_conv,
+    "im2col": im2col_conv,
+    "per_seed": per_seed_conv,
+}
+
+
 class ConvND(nn.Module):
     """A 'SAME' convolution with flax's ``Conv`` parameter names and shapes (kernel: (*k, Cin, Cout)).
 
@@ -72,14 +189,9 @@ class ConvND(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin, self.features), jnp.float32)
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
-        if self.impl == "im2col":
-            y = im2col_conv(x, kernel)
-        elif self.impl == "xla":
-            spatial = len(self.kernel_size)
-            dn = ("N" + "DHW"[-spatial:] + "C", "DHW"[-spatial:] + "IO", "N" + "DHW"[-spatial:] + "C")
-            y = jax.lax.conv_general_dilated(x, kernel, (1,) * spatial, "SAME", dimension_numbers=dn)
-        else:
-            raise ValueError(f"unknown conv_impl '{self.impl}' (xla | im2col)")
+        if self.impl not in CONV_FUNCTIONS:
+            raise ValueError(f"unknown conv_impl '{self.impl}' ({' | '.join(CONV_IMPLS)})")
+        y = CONV_FUNCTIONS[self.impl](x, kernel)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
@@ -126,6 +238,50 @@ class UpConv(nn.Module):
         return depth_to_space(y, self.spatial) + bias.astype(self.dtype)
 
 
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float = 1e-6) -> jax.Array:
+    """Group normalisation, the function of ``flax.linen.GroupNorm`` (fast variance, float32 statistics).
+
+    With ``G`` groups of ``C/G`` channels and ``m = |S|·C/G`` values per (example, group)::
+
+        mean = Σ x / m,  var = max(0, Σ x² / m − mean²),  y = (x − mean) · rsqrt(var + ε) · scale + bias
+
+    Computed as per-channel sums over the spatial axes, then a sum over each group's channels. The
+    reductions keep channels minor (contiguous), which XLA:CPU vectorises and parallelises; flax reduces a
+    (…, G, C/G) view whose minor axis is only C/G long, which measured 4-8× slower (benchmarks/README.md).
+    Returns float32 statistics applied in ``promote(x.dtype, float32)``; the caller casts the result.
+    """
+    n, channels = x.shape[0], x.shape[-1]
+    size = channels // groups
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    xs = x.astype(stat_dtype)
+    axes = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * size
+    mean = jnp.sum(xs, axes).reshape(n, groups, size).sum(-1) / count
+    mean_sq = jnp.sum(xs * xs, axes).reshape(n, groups, size).sum(-1) / count
+    var = jnp.maximum(0.0, mean_sq - mean * mean)
+    shape = (n,) + (1,) * len(axes) + (channels,)
+    mean = jnp.repeat(mean, size, axis=-1).reshape(shape)
+    mul = (jax.lax.rsqrt(jnp.repeat(var, size, axis=-1) + epsilon) * scale).reshape(shape)
+    return (xs - mean) * mul + bias
+
+
+class GroupNorm(nn.Module):
+    """:func:`group_norm` with ``flax.linen.GroupNorm``'s parameters (``scale`` ones, ``bias`` zeros, (C,))."""
+
+    groups: int
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"{self.groups} groups do not divide {channels} channels")
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        return group_norm(x, scale, bias, self.groups, self.epsilon).astype(self.dtype)
+
+
 class Norm(nn.Module):
     """group: GroupNorm(min(groups, C)); instance: one group per channel; batch: BatchNorm; none: identity.
 
@@ -146,9 +302,10 @@ class Norm(nn.Module):
             g = min(self.groups, c)
             while c % g:
                 g -= 1
-            return nn.GroupNorm(num_groups=g, dtype=self.dtype, param_dtype=jnp.float32)(x)
+            # Named like flax's GroupNorm submodule so checkpoints and the PyTorch twin see the same tree.
+            return GroupNorm(g, dtype=self.dtype, name="GroupNorm_0")(x)
         if self.kind == "instance":
-            return nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype, param_dtype=jnp.float32)(x)
+            return GroupNorm(c, dtype=self.dtype, name="GroupNorm_0")(x)
         if self.kind == "batch":
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                                 param_dtype=jnp.float32)(x)

@@ -1,0 +1,126 @@
+"""Per-seed cost of training K seeds in one program, for each strategy of ``jaxfcn.train.seeds``.
+
+For every strategy and K in (1, 2, 4, 8) the K-seed train step (``make_seeds_train_step``: forward,
+backward, Adam for every seed; shared batch) is compiled and timed in the same process as the ordinary
+single-seed step (``make_train_step``), interleaved (baseline, s1/K1, s1/K2, …, baseline, …) after
+compilation. Per-seed time = K-seed step time / K; the reported ratio is the median over rounds of
+(per-seed time) / (single-seed step time of the same round). Goal: K=8 at ≤ 1.0× on CPU.
+
+    python benchmarks/seeds.py                     # batch 8, 128², depth 4, base 16, fp32 (the README table)
+    python benchmarks/seeds.py --quick             # 32², depth 3, base 8, 3 rounds (~2 min)
+    python benchmarks/seeds.py --strategies per_seed,vmap --ks 1,8 --rounds 7 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def build(config, strategy: str | None, k: int, frozen_parts=()):
+    """A runner for the K-seed step of ``strategy`` (None: the ordinary single-seed step)."""
+    import jax
+
+    from jaxfcn.models import build_model
+    from jaxfcn.train import seeds
+    from jaxfcn.train.step import init_train_state, make_train_step
+    from conv_strategies import synthetic_batch
+
+    model = build_model(config.model)
+    batch = synthetic_batch(config)
+    if strategy is None:
+        step = make_train_step(model, config, frozen_parts)
+        state = init_train_state(model, config, frozen_parts)
+    else:
+        step = seeds.make_seeds_train_step(model, config, frozen_parts, strategy, shared_batch=True)
+        state = seeds.init_seed_states(model, config, range(k), frozen_parts)
+    compiled = step.lower(state, batch).compile()
+    holder = [state]
+
+    def run():
+        holder[0], metrics = compiled(holder[0], batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
+    runners = {"single": build(config, None, 1, frozen_parts)}
+    for strategy in strategies:
+        for k in ks:
+            t = time.perf_counter()
+            runners[(strategy, k)] = build(config, strategy, k, frozen_parts)
+            print(f"compiled {strategy} K={k} in {time.perf_counter() - t:.1f} s", flush=True)
+    times = {name: [] for name in runners}
+    cpu = {name: [] for name in runners}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, run in runners.items():
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            if r:
+                times[name].append(time.perf_counter() - w)
+                cpu[name].append(time.process_time() - c)
+    single = times["single"]
+    out = {"single_ms": 1e3 * statistics.median(single),
+           "single_cpu_ms": 1e3 * statistics.median(cpu["single"]), "strategies": {}}
+    for strategy in strategies:
+        rows = {}
+        for k in ks:
+            t, c = times[(strategy, k)], cpu[(strategy, k)]
+            rows[k] = {"step_ms": 1e3 * statistics.median(t),
+                       "per_seed_ms": 1e3 * statistics.median(t) / k,
+                       "per_seed_ratio": statistics.median(a / k / b for a, b in zip(t, single)),
+                       "per_seed_cpu_ratio": statistics.median(a / k / b for a, b in zip(c, cpu["single"]))}
+        out["strategies"][strategy] = rows
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, 3 rounds (~2 min)")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--strategies", help="comma-separated (default: all)")
+    parser.add_argument("--ks", default="1,2,4,8")
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--frozen-encoder", action="store_true")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from conv_strategies import bench_config, machine
+    from jaxfcn.train.seeds import SEED_STRATEGIES, choose_seed_strategy
+
+    if args.quick:
+        config = bench_config(size=32, batch=4, depth=3, base=8)
+    else:
+        config = bench_config()
+    strategies = args.strategies.split(",") if args.strategies else list(SEED_STRATEGIES)
+    ks = [int(k) for k in args.ks.split(",")]
+    rounds = args.rounds or (3 if args.quick else 5)
+    frozen = ("encoder",) if args.frozen_encoder else ()
+    result = {"benchmark": "seeds", "machine": machine(), "rounds": rounds, "frozen": list(frozen),
+              "auto": choose_seed_strategy(jax.default_backend()),
+              "config": {"batch": config.train.batch_size, "size": config.data.slice_shape[0],
+                         "depth": config.model.depth, "base_width": config.model.base_width, "dtype": "float32"}}
+    print(json.dumps(result["machine"]))
+    result.update(measure(config, strategies, ks, rounds, frozen))
+    print(f"\nsingle-seed step: {result['single_ms']:.1f} ms wall, {result['single_cpu_ms']:.1f} ms CPU")
+    print(f"per-seed time ÷ single-seed step (same round; median of {rounds} rounds), wall [cpu]:")
+    print(f"{'strategy':10s}" + "".join(f"{'K=' + str(k):>16s}" for k in ks))
+    for strategy, rows in result["strategies"].items():
+        print(f"{strategy:10s}" + "".join(f"{rows[k]['per_seed_ratio']:9.2f} [{rows[k]['per_seed_cpu_ratio']:4.2f}]"
+                                          for k in ks))
+    print(f"--seed-strategy auto on {jax.default_backend()}: {result['auto']}; load average {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()

@@ -1,0 +1,121 @@
+"""Every convolution strategy computes the XLA convolution (values and gradients, vmapped or not), and the
+fast group norm computes flax's GroupNorm."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfcn.models import UNet
+from jaxfcn.models.layers import CONV_FUNCTIONS, CONV_IMPLS, Norm, xla_conv
+
+
+def close(a, b, rel=1e-5):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rel * max(1.0, float(np.abs(b).max())))
+
+
+def conv_inputs(spatial, kernel, seeds=None, cin=3, cout=5, n=2, size=6):
+    ks = jax.random.split(jax.random.key(spatial * 10 + kernel), 3)
+    lead = () if seeds is None else (seeds,)
+    x = jax.random.normal(ks[0], lead + (n,) + (size,) * spatial + (cin,))
+    w = jax.random.normal(ks[1], lead + (kernel,) * spatial + (cin, cout))
+    dy = jax.random.normal(ks[2], lead + (n,) + (size,) * spatial + (cout,))
+    return x, w, dy
+
+
+def value_and_grads(conv, x, w, dy):
+    y, vjp = jax.vjp(conv, x, w)
+    return (y, *vjp(dy))
+
+
+def jitted_value_and_grads(conv):
+    """One compiled program per case (op-by-op dispatch would compile every primitive separately)."""
+    return jax.jit(lambda x, w, dy: value_and_grads(conv, x, w, dy))
+
+
+def test_conv_impls_registered():
+    assert set(CONV_FUNCTIONS) == set(CONV_IMPLS)
+
+
+@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+@pytest.mark.parametrize("spatial,kernel", [(2, 3), (2, 2), (3, 3), (2, 1)])
+def test_conv_strategy_equals_xla(impl, spatial, kernel):
+    """Even kernels too: 'SAME' pads (k-1)//2 low and k//2 high in every strategy."""
+    x, w, dy = conv_inputs(spatial, kernel)
+    ours = jitted_value_and_grads(CONV_FUNCTIONS[impl])(x, w, dy)
+    for a, b in zip(ours, jitted_value_and_grads(xla_conv)(x, w, dy)):
+        close(a, b)
+
+
+# which arguments carry the seed axis: both (inside the network), the kernel only (first layer, shared
+# batch), the input only (shared kernel, e.g. a frozen part vmapped over data)
+@pytest.mark.parametrize("x_axis,w_axis", [(0, 0), (None, 0), (0, None)])
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_vmapped_conv_strategy_equals_per_seed_loop(impl, x_axis, w_axis):
+    seeds = 3
+    x, w, dy = conv_inputs(2, 3, seeds=seeds)
+    x = x if x_axis == 0 else x[0]
+    w = w if w_axis == 0 else w[0]
+    conv = CONV_FUNCTIONS[impl]
+    batched = jax.jit(jax.vmap(lambda x, w, dy: value_and_grads(conv, x, w, dy), (x_axis, w_axis, 0)))(x, w, dy)
+    reference = jitted_value_and_grads(xla_conv)
+    for i in range(seeds):
+        xi = x[i] if x_axis == 0 else x
+        wi = w[i] if w_axis == 0 else w
+        for ours, ref in zip(batched, reference(xi, wi, dy[i])):
+            close(ours[i], ref)
+
+
+def test_per_seed_conv_nested_vmap_and_jit():
+    x, w, dy = conv_inputs(2, 3, seeds=3)
+    conv = CONV_FUNCTIONS["per_seed"]
+    twice = jax.jit(jax.vmap(jax.vmap(lambda x, w, dy: value_and_grads(conv, x, w, dy))))
+    stacked = lambda a: jnp.stack([a, 2 * a])  # noqa: E731
+    outs = twice(stacked(x), stacked(w), stacked(dy))
+    reference = jax.jit(jax.vmap(lambda x, w, dy: value_and_grads(xla_conv, x, w, dy)))
+    for ours, ref in zip(outs, reference(2 * x, 2 * w, 2 * dy)):
+        close(ours[1], ref)
+
+
+def test_unet_per_seed_conv_impl_same_function():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    ref = UNet(num_classes=3, depth=2, base_width=4, norm_groups=2)
+    v = ref.init(jax.random.key(0), x)
+    alt = ref.clone(conv_impl="per_seed")
+
+    def value_and_grad(model):
+        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(model.apply(v, x) ** 2)))(v)
+
+    (y, g), (y_ref, g_ref) = value_and_grad(alt), value_and_grad(ref)
+    close(y, y_ref)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        close(a, b, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind,shape,groups", [("group", (2, 8, 8, 8), 4), ("group", (3, 6, 6, 16), 8),
+                                               ("group", (2, 4, 4, 4, 6), 3), ("instance", (2, 6, 6, 5), 8)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_equals_flax(kind, shape, groups, dtype):
+    # mean 2, std 3: a non-trivial mean exercises the E[x²] - E[x]² variance as flax computes it
+    x = (jax.random.normal(jax.random.key(0), shape) * 3 + 2).astype(dtype)
+    ours = Norm(kind, groups, dtype=dtype)
+    v = ours.init(jax.random.key(1), x, False)
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), v)
+    assert set(v["params"]["GroupNorm_0"]) == {"scale", "bias"}
+    theirs = (nn.GroupNorm(num_groups=groups, dtype=dtype) if kind == "group"
+              else nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype))
+    flax_vars = {"params": v["params"]["GroupNorm_0"]}
+    y, y_ref = jax.jit(lambda v, x: ours.apply(v, x, False))(v, x), jax.jit(theirs.apply)(flax_vars, x)
+    assert y.dtype == y_ref.dtype == dtype
+    rel = 1e-5 if dtype == jnp.float32 else 1e-2
+    close(y, y_ref, rel)
+
+    def loss(apply, variables, x):
+        return jnp.sum(apply(variables, x).astype(jnp.float32) ** 3)
+
+    g = jax.jit(jax.grad(lambda v, x: loss(lambda v, x: ours.apply(v, x, False), v, x), (0, 1)))(v, x)
+    g_ref = jax.jit(jax.grad(lambda v, x: loss(theirs.apply, v, x), (0, 1)))(flax_vars, x)
+    close(g[1], g_ref[1], 10 * rel)
+    for a, b in zip(jax.tree.leaves(g[0]), jax.tree.leaves(g_ref[0])):
+        close(a, b, 10 * rel)
