@@ -1,0 +1,363 @@
+"""CLI: ``jaxfcn analyze cka | filters | evolution`` over trained workdirs.
+
+    jaxfcn analyze cka --runs runs/a runs/b runs/c --out out/cka          # all runs × all layers, one CKA call
+    jaxfcn analyze filters --runs runs/a --out out/filters                # change per layer + randomness tests
+    jaxfcn analyze evolution --run runs/a --out out/evolution             # CKA of each snapshot vs init / final
+
+Heavy modules (jax, tfds, matplotlib) are imported inside the handlers so ``jaxfcn --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+
+from jaxfcn.errors import UserError
+
+FIRST_LAYER = "encoder/block_0/conv_0"
+
+ANALYZE_EPILOG = """\
+examples:
+  jaxfcn analyze cka --runs runs/sub_random runs/sub_transfer --out out/cka
+  jaxfcn analyze cka --runs runs/a runs/b --layers enc_0 bottleneck --step 100 --debiased --out out/cka100
+  jaxfcn analyze filters --runs runs/tissue --out out/filters
+  jaxfcn analyze evolution --run runs/tissue --out out/evolution
+"""
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _add_probe_args(p) -> None:
+    g = p.add_argument_group("representations")
+    g.add_argument("--data", metavar="TASK|PATH", help="probe images from this dataset's validation split "
+                   "(default: the first run's training data)")
+    g.add_argument("--probes", type=int, default=64, help="number of probe images (default 64)")
+    g.add_argument("--probe-seed", type=int, default=0, help="seed of the probe subset (default 0)")
+    g.add_argument("--convention", choices=("images", "positions"), default="images",
+                   help="rows = probe images × columns = H·W·C (default), or rows = sampled positions × columns = C")
+    g.add_argument("--max-features", type=int, default=16384,
+                   help="images convention: at most this many columns per layer (seeded positions; 0 = all)")
+    g.add_argument("--positions-per-image", type=int, default=64, help="positions convention: rows per image")
+    g.add_argument("--kernel", choices=("linear", "rbf"), default="linear", help="CKA kernel (default linear)")
+    g.add_argument("--debiased", action="store_true", help="unbiased HSIC (Song et al. 2012) instead of biased")
+    g.add_argument("--batch-size", type=int, default=8, help="probe images per forward pass")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="CKA between runs and layers, filter change and randomness, representation evolution",
+        description="Analyses of trained workdirs (claims 3 and 5 of the paper).", epilog=ANALYZE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
+    sub.required = True
+
+    c = sub.add_parser("cka", help="CKA between every (run, layer) pair, in one computation",
+                       description="Linear/RBF CKA between all layers of all runs (same architecture) on a fixed "
+                                   "probe set. Writes OUT/cka.npz (cka[run_a, layer_a, run_b, layer_b]), "
+                                   "OUT/cka.json (labels) and heatmaps: layer×layer per run pair, run×run per layer.")
+    c.add_argument("--runs", nargs="+", required=True, metavar="WORKDIR", help="trained runs (same architecture)")
+    c.add_argument("--layers", nargs="+", metavar="LAYER", help="layer names (default: all; see --help of the model)")
+    c.add_argument("--step", type=int, default=None, help="snapshot/checkpoint step of every run (default: final)")
+    c.add_argument("--out", required=True, help="output directory")
+    _add_probe_args(c)
+    c.set_defaults(func=_cka)
+
+    f = sub.add_parser("filters", help="relative change of every kernel, and 'do trained filters look random?'",
+                       description="Per run and kernel: ‖W_t−W_0‖/‖W_0‖ and cosine over the snapshots; KS, "
+                                   "spatial-smoothness and Marchenko–Pastur spectrum tests of the final filters "
+                                   "against fresh draws of the initialiser (Holm-corrected per run). Writes "
+                                   "OUT/filters.csv|json, OUT/changes.csv and PNGs.")
+    f.add_argument("--runs", nargs="+", required=True, metavar="WORKDIR")
+    f.add_argument("--out", required=True)
+    f.add_argument("--step", type=int, default=None, help="step of the tested filters (default: final snapshot)")
+    f.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate per run (default 0.05)")
+    f.add_argument("--null-draws", type=int, default=200, help="minimum fresh draws per layer (default 200)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the fresh draws")
+    f.set_defaults(func=_filters)
+
+    e = sub.add_parser("evolution", help="CKA of each layer at each snapshot vs initialisation and vs final",
+                       description="Writes OUT/evolution.json, OUT/evolution.npz and OUT/evolution.png.")
+    e.add_argument("--run", required=True, metavar="WORKDIR")
+    e.add_argument("--layers", nargs="+", metavar="LAYER")
+    e.add_argument("--out", required=True)
+    _add_probe_args(e)
+    e.set_defaults(func=_evolution)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _labels(workdirs: list[str]) -> list[str]:
+    """Short unique run labels: the directory names (with their parent when names repeat)."""
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    if len(set(names)) < len(names):
+        names = ["/".join(os.path.normpath(os.path.abspath(w)).split(os.sep)[-2:]) for w in workdirs]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+def _load_configs(workdirs: list[str], same_architecture: bool):
+    from jaxfcn.config import architecture_of
+    from jaxfcn.train.workdir import load_run_config
+
+    configs = [load_run_config(w) for w in workdirs]
+    if same_architecture:
+        ref = architecture_of(configs[0])
+        for w, c in zip(workdirs[1:], configs[1:]):
+            arch = architecture_of(c)
+            if arch != ref:
+                diff = ", ".join(f"{k} {ref[k]} vs {arch[k]}" for k in ref if ref[k] != arch.get(k))
+                raise UserError(f"--runs: {w} has a different architecture than {workdirs[0]} ({diff})")
+    return configs
+
+
+def _layers(config, requested) -> list[str]:
+    from jaxfcn.models import layer_names
+
+    available = layer_names(config.model.depth)
+    if not requested:
+        return available
+    for layer in requested:
+        if layer not in available:
+            raise UserError(f"--layers: unknown layer '{layer}' (this model has: {', '.join(available)})")
+    return list(dict.fromkeys(requested))
+
+
+def _probe_images(config, args):
+    import numpy as np
+
+    from jaxfcn.analysis.features import probe_images
+    from jaxfcn.data import open_dataset
+
+    if args.probes < 4 and args.debiased:
+        raise UserError(f"--probes {args.probes}: debiased CKA needs at least 4 probe images")
+    if args.probes < 2:
+        raise UserError(f"--probes {args.probes}: need at least 2 probe images")
+    c = config.copy_and_resolve_references()
+    if args.data:
+        c.data.task = args.data
+    dataset = open_dataset(c.data, depth=c.model.depth, progress=False)
+    if "val" not in dataset.sources or not len(dataset.sources["val"]):
+        raise UserError(f"{c.data.task}: no validation examples to use as probes")
+    images = probe_images(dataset, args.probes, args.probe_seed)
+    if images.shape[-1] != config.model.in_channels:
+        raise UserError(f"--data {c.data.task}: images have {images.shape[-1]} channels, the model expects "
+                        f"{config.model.in_channels}")
+    return np.asarray(images), c.data.task
+
+
+def _features(workdir: str, config, step, images, layers, args) -> tuple[dict, int]:
+    from jaxfcn.analysis.features import extract_features
+    from jaxfcn.models import build_model
+    from jaxfcn.train.checkpoint import load_variables
+
+    variables, actual = load_variables(workdir, step)
+    feats = extract_features(build_model(config.model), variables, images, layers, convention=args.convention,
+                             max_features=args.max_features or None, positions_per_image=args.positions_per_image,
+                             batch_size=args.batch_size, seed=args.probe_seed)
+    return feats, actual
+
+
+def _cka_all(features: list, labels: list[str], args):
+    """One cka_matrix call; representations constant over the probes get CKA 0 (reported, not fatal)."""
+    import numpy as np
+
+    from jaxfcn.analysis.cka import cka_matrix
+
+    matrix = np.asarray(cka_matrix(features, kernel=args.kernel, debiased=args.debiased, on_constant="zero"))
+    constant = [labels[i] for i in np.flatnonzero(np.diag(matrix) == 0)]
+    for label in constant:
+        print(f"note: {label} is constant over the probe set; its CKA is reported as 0")
+    return matrix, constant
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+        f.write("\n")
+
+
+def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("+".join(v) if isinstance(v, list) and k == "rejected" else v)
+                             for k, v in row.items()})
+
+
+def _representation_settings(args, task: str, n: int) -> dict:
+    return {"probes": n, "probe_seed": args.probe_seed, "probe_data": task, "probe_split": "val",
+            "convention": args.convention, "max_features": args.max_features or None,
+            "positions_per_image": args.positions_per_image if args.convention == "positions" else None,
+            "kernel": args.kernel, "debiased": args.debiased}
+
+
+# ------------------------------------------------------------------------------------------ cka
+def _cka(args) -> int:
+    import numpy as np
+
+    from jaxfcn.analysis import plots
+
+    configs = _load_configs(args.runs, same_architecture=True)
+    layers = _layers(configs[0], args.layers)
+    labels = _labels(args.runs)
+    images, task = _probe_images(configs[0], args)
+    features, steps = [], []
+    for workdir, config in zip(args.runs, configs):
+        feats, step = _features(workdir, config, args.step, images, layers, args)
+        features += [feats[layer] for layer in layers]
+        steps.append(step)
+    os.makedirs(args.out, exist_ok=True)
+    rep_labels = [f"{run}:{layer}" for run in labels for layer in layers]
+    matrix, constant = _cka_all(features, rep_labels, args)
+    r, l = len(labels), len(layers)
+    cka = matrix.reshape(r, l, r, l)
+    np.savez(os.path.join(args.out, "cka.npz"), cka=cka, runs=np.array(labels), layers=np.array(layers),
+             steps=np.array(steps))
+    files = {"npz": "cka.npz", "layer_x_layer": [], "run_x_run": []}
+    for a in range(r):
+        for b in range(a, r):
+            name = f"layers_{_safe(labels[a])}__{_safe(labels[b])}.png"
+            plots.heatmap(cka[a, :, b, :], layers, layers, f"CKA {labels[a]} (rows) vs {labels[b]} (columns)",
+                          os.path.join(args.out, name), xlabel=labels[b], ylabel=labels[a])
+            files["layer_x_layer"].append(name)
+    if r > 1:
+        for k, layer in enumerate(layers):
+            name = f"runs_{_safe(layer)}.png"
+            plots.heatmap(cka[:, k, :, k], labels, labels, f"CKA between runs at layer {layer}",
+                          os.path.join(args.out, name))
+            files["run_x_run"].append(name)
+    _write_json(os.path.join(args.out, "cka.json"), {
+        "runs": [os.path.abspath(w) for w in args.runs], "labels": labels, "layers": layers, "steps": steps,
+        "axes": ["run_a", "layer_a", "run_b", "layer_b"], **_representation_settings(args, task, len(images)),
+        "constant_representations": constant, "files": files})
+    print(f"wrote {os.path.join(args.out, 'cka.npz')}: {r} runs × {l} layers ({len(images)} probes), "
+          f"{len(files['layer_x_layer']) + len(files['run_x_run'])} heatmaps")
+    for k, layer in enumerate(layers):
+        if r > 1:
+            off = cka[:, k, :, k][~np.eye(r, dtype=bool)]
+            print(f"  {layer:12s} mean CKA between runs {off.mean():.3f} (min {off.min():.3f}, max {off.max():.3f})")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- filters
+CHANGE_COLUMNS = ["run", "layer", "step", "relative_change", "cosine"]
+FILTER_COLUMNS = ["run", "layer", "shape", "step", "relative_change", "cosine", "weight_std", "init_std",
+                  "ks_statistic", "ks_p", "smoothness_statistic", "smoothness_null_mean", "smoothness_z",
+                  "smoothness_p", "smoothness_p_method", "spectrum_statistic", "spectrum_mp_expectation",
+                  "spectrum_z", "spectrum_p", "spectrum_p_method", "fraction_above_mp_edge", "mp_ks_distance",
+                  "null_draws", "alpha", "tests_in_family", "rejected", "verdict"]
+
+
+def _filters(args) -> int:
+    import numpy as np
+
+    from jaxfcn.analysis import plots
+    from jaxfcn.analysis.filters import (as_filter_bank, kernel_leaves, numpy_draws, parameter_changes,
+                                         randomness_tests)
+    from jaxfcn.train.checkpoint import load_params, snapshot_steps
+
+    configs = _load_configs(args.runs, same_architecture=False)
+    labels = _labels(args.runs)
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha {args.alpha}: must be in (0, 1)")
+    all_steps = {}
+    for workdir in args.runs:  # every refusal before anything is written
+        steps = all_steps[workdir] = snapshot_steps(workdir)
+        if not steps:
+            raise UserError(f"{workdir}: no parameter snapshots (train the run first)")
+        if args.step is not None and args.step not in steps:
+            raise UserError(f"--step {args.step}: {workdir} has no snapshot at that step (snapshots: {steps})")
+    os.makedirs(args.out, exist_ok=True)
+    changes, table, summary = [], [], {}
+    for workdir, config, label in zip(args.runs, configs, labels):
+        steps = all_steps[workdir]
+        final_step = args.step if args.step is not None else steps[-1]
+        used = [s for s in steps if s <= final_step]
+        snapshots = {s: load_params(workdir, s) for s in used}
+        rows = parameter_changes(snapshots)
+        changes += [{"run": label, **row} for row in rows]
+        last = {row["layer"]: row for row in rows if row["step"] == final_step}
+        spatial = config.model.spatial_dims
+        tests = randomness_tests(kernel_leaves(snapshots[final_step]), config.model.kernel_init,
+                                 spatial_dims=spatial, alpha=args.alpha, null_draws=args.null_draws, seed=args.seed)
+        for t in tests:
+            table.append({"run": label, "step": final_step, "relative_change": last[t["layer"]]["relative_change"],
+                          "cosine": last[t["layer"]]["cosine"], **t, "shape": "x".join(map(str, t["shape"]))})
+        random_like = sum(t["verdict"] == "random-like" for t in tests)
+        summary[label] = {"workdir": os.path.abspath(workdir), "step": final_step, "layers": len(tests),
+                          "random_like": random_like,
+                          "median_relative_change": float(np.median([r["relative_change"] for r in last.values()])),
+                          "tests_in_family": tests[0]["tests_in_family"] if tests else 0}
+        # figures: change curves, first-layer filters (initial / trained / fresh random)
+        series = {layer: ([r["step"] for r in rows if r["layer"] == layer],
+                          [r["relative_change"] for r in rows if r["layer"] == layer]) for layer in last}
+        plots.curves_vs_step(series, f"{label}: relative change ‖W_t − W_0‖/‖W_0‖ per layer", "relative change",
+                             os.path.join(args.out, f"change_{_safe(label)}.png"))
+        first = {k: v for k, v in kernel_leaves(snapshots[used[0]]).items()}
+        if FIRST_LAYER in first:
+            raw0 = first[FIRST_LAYER]
+            fresh = numpy_draws(config.model.kernel_init, raw0.shape, 1, np.random.default_rng(args.seed))[0]
+            banks = {"initial (step 0)" if used[0] == 0 else f"step {used[0]}": raw0,
+                     f"trained (step {final_step})": kernel_leaves(snapshots[final_step])[FIRST_LAYER],
+                     "fresh random": fresh}
+            plots.filter_grid({k: as_filter_bank(FIRST_LAYER, v, spatial) for k, v in banks.items()},
+                              f"{label}: first-layer filters ({FIRST_LAYER}, input channel 0)",
+                              os.path.join(args.out, f"first_layer_{_safe(label)}.png"))
+    _write_csv(os.path.join(args.out, "changes.csv"), changes, CHANGE_COLUMNS)
+    _write_csv(os.path.join(args.out, "filters.csv"), table, FILTER_COLUMNS)
+    _write_json(os.path.join(args.out, "filters.json"), {
+        "settings": {"alpha": args.alpha, "null_draws": args.null_draws, "seed": args.seed,
+                     "multiple_testing": "Holm over all tests (layers × 3) of a run"},
+        "summary": summary, "layers": table, "changes": changes})
+    print(f"wrote {os.path.join(args.out, 'filters.csv')} and figures")
+    for label, s in summary.items():
+        print(f"  {label} (step {s['step']}): {s['random_like']}/{s['layers']} kernels random-like "
+              f"(alpha {args.alpha}, Holm over {s['tests_in_family']} tests); median relative change "
+              f"{s['median_relative_change']:.3f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ evolution
+def _evolution(args) -> int:
+    import numpy as np
+
+    from jaxfcn.analysis import plots
+    from jaxfcn.train.checkpoint import snapshot_steps
+
+    (config,) = _load_configs([args.run], same_architecture=False)
+    layers = _layers(config, args.layers)
+    steps = snapshot_steps(args.run)
+    if len(steps) < 2:
+        raise UserError(f"{args.run}: needs at least two parameter snapshots (has {steps})")
+    images, task = _probe_images(config, args)
+    features = []
+    for step in steps:
+        feats, _ = _features(args.run, config, step, images, layers, args)
+        features += [feats[layer] for layer in layers]
+    os.makedirs(args.out, exist_ok=True)
+    rep_labels = [f"step {s}:{layer}" for s in steps for layer in layers]
+    matrix, constant = _cka_all(features, rep_labels, args)
+    s, l = len(steps), len(layers)
+    cka = matrix.reshape(s, l, s, l)
+    vs_init = {layer: [float(cka[0, k, t, k]) for t in range(s)] for k, layer in enumerate(layers)}
+    vs_final = {layer: [float(cka[t, k, s - 1, k]) for t in range(s)] for k, layer in enumerate(layers)}
+    np.savez(os.path.join(args.out, "evolution.npz"), cka=cka, steps=np.array(steps), layers=np.array(layers))
+    _write_json(os.path.join(args.out, "evolution.json"), {
+        "run": os.path.abspath(args.run), "steps": steps, "layers": layers, "vs_init": vs_init,
+        "vs_final": vs_final, "axes": ["step_a", "layer_a", "step_b", "layer_b"],
+        **_representation_settings(args, task, len(images)), "constant_representations": constant})
+    plots.evolution({k: (steps, v) for k, v in vs_init.items()}, {k: (steps, v) for k, v in vs_final.items()},
+                    f"{_labels([args.run])[0]}: representation evolution ({len(images)} probes)",
+                    os.path.join(args.out, "evolution.png"))
+    print(f"wrote {os.path.join(args.out, 'evolution.json')} and evolution.png: {s} snapshots × {l} layers")
+    for layer in layers:
+        print(f"  {layer:12s} CKA(init, final) {vs_init[layer][-1]:.3f}")
+    return 0
