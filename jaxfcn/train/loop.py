@@ -459,7 +459,6 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
     start = int(members[0].step)
     train_time = [run.begin(member, start) for run, member in zip(runs, members)][0]
     del members
-    evaluate = eval_step if not plan.multi_process else (lambda v, b: eval_step(v, plan.place_replicated(b)))
     snapshot_at = set(parse_snapshot_steps(t.snapshot_steps, t.steps)) | {t.steps}
     last_flush_step, last_flush_time = start, train_time
 
@@ -490,7 +489,7 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
             members = plan.members(state) if (is_eval or is_ckpt or step in snapshot_at) else [None] * len(runs)
             records = []
             for run, run_values, member in zip(runs, values, members):
-                validation = validate(evaluate, member.variables(), dataset, config) if is_eval else None
+                validation = validate(eval_step, member.variables(), dataset, config) if is_eval else None
                 record = run.flush(step, run_values, train_time, steps_per_s, validation)
                 records.append(record)
                 if is_eval and plan.primary:

@@ -182,12 +182,6 @@ class DevicePlan:
             return {k: shard(v) for k, v in batch.items()}
         return _global_arrays(batch, self._batch_sharding())
 
-    def place_replicated(self, tree):
-        """Inputs every device reads in full (validation batches): global arrays with several processes."""
-        if not self.multi_process:
-            return tree
-        return _global_arrays(tree, self._named())
-
     def compile_step(self, step_fn: Callable, state) -> Callable:
         """``step_fn`` (pure ``(state, batch) -> (state, metrics)``) compiled for this plan; ``state`` is
         donated. ``state`` (placed) gives the structure for the shardings."""
@@ -207,18 +201,16 @@ class DevicePlan:
             batch_spec = spec("seed", "data") if self.seed_batches else spec("data")
             step_fn = jax.shard_map(step_fn, mesh=self.mesh, in_specs=(spec("seed"), batch_spec),
                                     out_specs=(spec("seed"), spec("seed")), check_vma=False)
-            metrics_sharding = self._named("seed")
-        else:
-            metrics_sharding = self._named()
+        # Metrics come back replicated so that every process can read them.
         return jax.jit(step_fn, in_shardings=(state_sharding, self._batch_sharding()),
-                       out_shardings=(state_sharding, metrics_sharding), donate_argnums=0)
+                       out_shardings=(state_sharding, self._named()), donate_argnums=0)
 
     # --- per-model views ------------------------------------------------------------------------------
 
     def members(self, tree) -> list:
         """The state (or any step output) of each model: ``[tree]`` for an unstacked plan, else K trees,
-        as arrays on one device (several processes: replicated global arrays), ready for validation and
-        orbax."""
+        as arrays on the first device (several processes: numpy copies in every process), ready for
+        validation and orbax."""
         import jax
 
         if self.mode == "none" and not self.num_seeds:
@@ -228,7 +220,10 @@ class DevicePlan:
         else:
             members = _unstack_fn(self)(tree)
         if self.multi_process:
-            return members
+            # Host copies: validation then runs in each process on its own, and orbax writes numpy
+            # leaves from process 0 without recording the multi-host device mesh, so the checkpoints
+            # load on any machine (a global array's checkpoint restores only on the same topology).
+            return jax.device_get(members)
         return jax.device_put(members, self.devices[0])  # a replicated array's local copy: no transfer
 
     def host_members(self, tree) -> list:
