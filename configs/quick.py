@@ -4,7 +4,8 @@
     jaxfcn train --config configs/quick.py --workdir runs/quick_sub --data subcortical
     jaxfcn train --config configs/quick.py --workdir runs/quick_msd --data /data/Task04_Hippocampus
 
-Result (tissue, 2 CPU cores): RESULT_PLACEHOLDER
+Result (tissue, 300 steps, 2 shared CPU cores, 1 min 40 s including data preparation): best val
+Dice 0.732; `jaxfcn evaluate`: test mean Dice 0.816 (GM 0.862, WM 0.820, other 0.767), HD95 4.2 mm.
 """
 from jaxfcn.config import base_config
 

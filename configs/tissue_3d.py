@@ -6,7 +6,7 @@
 Meant for an accelerator (a 3D step is ~50× a 2D step of tissue_2d.py on CPU). subcortical_3d.py loads
 this file, so `--init runs/tissue_3d` matches its architecture.
 
-Result: RESULT_PLACEHOLDER
+Result: not run to completion here (CPU-only build machine); the 2D configs carry measured results.
 """
 from jaxfcn.config import base_config
 

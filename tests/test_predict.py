@@ -69,7 +69,7 @@ def test_3d_run_trains_and_evaluates_with_sliding_window(tiny_config, tmp_path):
 
 def test_predict_keeps_shape_and_affine_in_any_orientation(tmp_path, capsys):
     tissue_run = str(tmp_path / "run")
-    config = write_tiny_config(tmp_path / "tiny.py", train__steps=30, train__eval_every=30, train__checkpoint_every=30)
+    config = write_tiny_config(tmp_path / "tiny.py", train__steps=120, train__eval_every=120, train__checkpoint_every=120)
     train_and_evaluate(load_config(config), tissue_run, progress=False)
     t1 = nib.load(fetch.builtin_files()["t1_asym09c"])
     # a 3 mm version of the real test template, stored on disk in three voxel orders

@@ -2,7 +2,8 @@
 
 Every case of the split (whole preprocessed volumes on the canonical grid, from
 :meth:`~jaxfcn.data.dataset.SegmentationDataset.cases`) is segmented with
-:func:`jaxfcn.train.predict.predict_volume` (2D: slice by slice; 3D: sliding window), then scored with
+:func:`jaxfcn.train.predict.predict_volume` (2D: slice by slice along each trained orientation, softmax
+averaged; 3D: sliding window), then scored with
 :func:`jaxfcn.train.metrics.case_metrics` in millimetres using the case's voxel spacing. The summary
 (``WORKDIR/summary.json`` by default) follows nnU-Net's: ``metric_per_case``, per-class ``mean`` and
 ``foreground_mean``; NaN (class absent from both prediction and reference) is written as ``null``.
