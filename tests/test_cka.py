@@ -89,14 +89,14 @@ def test_invariant_to_orthogonal_transform_isotropic_scaling_and_translation(ker
 
 @pytest.mark.parametrize("kernel,debiased", KERNEL_MODES)
 def test_cka_matrix_equals_per_pair_cka(kernel, debiased):
-    feats = random_features(4) + random_features(5)  # two "models", widths repeat ⇒ vmapped groups
+    feats = random_features(4) + random_features(5)[:1]  # widths 12, 30, 12: a vmapped group and a single
     mat = np.asarray(cka_matrix(feats, kernel=kernel, debiased=debiased))
     chunked = np.asarray(cka_matrix(feats, kernel=kernel, debiased=debiased, block_rows=7))  # 40 % 7 ≠ 0
-    assert mat.shape == (4, 4)
+    assert mat.shape == (3, 3)
     np.testing.assert_allclose(mat, mat.T, atol=1e-6)
     np.testing.assert_allclose(np.diag(mat), 1.0, atol=1e-5)
-    for i in range(4):
-        for j in range(i, 4):
+    for i in range(3):
+        for j in range(3):
             pair = float(cka(feats[i], feats[j], kernel=kernel, debiased=debiased))
             assert mat[i, j] == pytest.approx(pair, abs=1e-5)
             assert chunked[i, j] == pytest.approx(pair, abs=1e-5)
@@ -125,13 +125,13 @@ def test_debiased_is_closer_to_population_value():
     assert np.mean(err_debiased) < 0.1
     # independent X, Y: population CKA is 0; the biased estimate is far from it at n < d
     rng = np.random.default_rng(9)
-    x, y = rng.normal(size=(2, n, d)).astype(np.float32)
+    x, y = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, k)).astype(np.float32)
     assert abs(float(cka(x, y, debiased=True))) < 0.5 * float(cka(x, y))
 
 
 def test_minibatch_cka_matches_reference_and_single_batch():
     feats = random_features(7, n=60, widths=(10, 25))
-    batches = [(feats[0][s], feats[1][s]) for s in (slice(0, 20), slice(20, 45), slice(45, 60))]
+    batches = [(feats[0][s], feats[1][s]) for s in (slice(0, 25), slice(25, 50), slice(50, 60))]
     acc = MinibatchCKA()
     for a, b in batches:
         acc.update([a, b])
@@ -175,7 +175,7 @@ def test_errors_and_constant_features():
     with pytest.raises(ValueError, match="NaN"):
         cka(bad, y)
     for kernel, debiased in KERNEL_MODES:
-        mat = np.asarray(cka_matrix([x, const, y], kernel=kernel, debiased=debiased, on_constant="zero"))
+        mat = np.asarray(cka_matrix([const, x], kernel=kernel, debiased=debiased, on_constant="zero"))
         assert np.all(np.isfinite(mat))
-        assert np.all(mat[1] == 0) and np.all(mat[:, 1] == 0)
-        assert mat[0, 0] == pytest.approx(1.0, abs=1e-5)
+        assert np.all(mat[0] == 0) and np.all(mat[:, 0] == 0)
+        assert mat[1, 1] == pytest.approx(1.0, abs=1e-5)

@@ -79,40 +79,50 @@ def _check_n(n: int, debiased: bool) -> None:
         raise ValueError(f"CKA needs at least 2 examples, got n={n}")
 
 
-def _layout(features) -> tuple[tuple, tuple, int, int]:
+def _layout(features) -> tuple[tuple, tuple, np.ndarray, int]:
     """Validate shapes and plan the computation without touching the data.
 
-    Returns ``(arrays, groups, n, m)``: ``arrays`` to pass to the jitted core, ``groups`` a static tuple of
-    tuples of indices into ``arrays`` whose members share one shape (each group is stacked and vmapped),
-    or ``("stacked",)`` when ``features`` is one (M, n, d…) array; ``m`` representations of ``n`` rows.
+    Returns ``(arrays, groups, perm, n)``. ``arrays`` are the representations in a canonical order (sorted
+    by shape, then input position) and ``groups`` the sizes of its runs of equal shape (each run is
+    stacked and vmapped), or ``("stacked",)`` for one (M, n, d…) array. ``perm`` (M, M) maps canonical
+    back to input order; it is a runtime argument, so any ordering of the same shapes reuses one compiled
+    program (``cka(x, y)`` and ``cka(y, x)`` included).
     """
     if hasattr(features, "ndim") and hasattr(features, "shape"):
         if features.ndim < 3:
             raise ValueError(f"a stacked features array must be (M, n, d...), got shape {features.shape}")
-        return (features,), ("stacked",), features.shape[1], features.shape[0]
+        return (features,), ("stacked",), np.eye(features.shape[0], dtype=np.float32), features.shape[1]
     arrays = tuple(features)
     if not arrays:
         raise ValueError("no representations given")
-    by_shape: dict[tuple, list[int]] = {}
+    keys = []
     for i, r in enumerate(arrays):
         shape = tuple(np.shape(r))
         if len(shape) < 2:
             raise ValueError(f"representation {i} must be (n, d...), got shape {shape}")
-        by_shape.setdefault((shape[0], int(np.prod(shape[1:]))), []).append(i)
-    ns = sorted({key[0] for key in by_shape})
+        keys.append((shape[0], int(np.prod(shape[1:])), shape, i))
+    ns = sorted({k[0] for k in keys})
     if len(ns) != 1:
         raise ValueError(f"all representations must have the same number of examples (rows), got {ns}")
-    return arrays, tuple(tuple(idx) for idx in by_shape.values()), ns[0], len(arrays)
+    order = [k[3] for k in sorted(keys)]
+    sizes = []
+    for pos, i in enumerate(order):
+        if pos and keys[i][1] == keys[order[pos - 1]][1]:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+    perm = np.eye(len(arrays), dtype=np.float32)[np.argsort(order)]
+    return tuple(arrays[i] for i in order), tuple(sizes), perm, ns[0]
 
 
-def _stack_groups(arrays: tuple, groups: tuple) -> tuple[list, np.ndarray]:
-    """Inside jit: float32 (S, n, d) stacks per group, and the input index of each stacked row."""
+def _stack_groups(arrays: tuple, groups: tuple) -> list:
+    """Inside jit: one float32 (S, n, d) stack per group of consecutive equal-width representations."""
     if groups == ("stacked",):
         x = arrays[0]
-        return [x.reshape(*x.shape[:2], -1).astype(jnp.float32)], np.arange(x.shape[0])
-    stacks = [jnp.stack([arrays[i].reshape(arrays[i].shape[0], -1).astype(jnp.float32) for i in idx])
-              for idx in groups]
-    return stacks, np.concatenate([np.asarray(idx) for idx in groups])
+        return [x.reshape(*x.shape[:2], -1).astype(jnp.float32)]
+    flat = [a.reshape(a.shape[0], -1).astype(jnp.float32) for a in arrays]
+    bounds = np.cumsum((0,) + groups)
+    return [jnp.stack(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 # ------------------------------------------------------------------------------------ per representation
@@ -234,14 +244,14 @@ def _normalise(products: jax.Array, constant: jax.Array) -> jax.Array:
 
 # ---------------------------------------------------------------------------------------- all pairs
 @functools.partial(jax.jit, static_argnames=("groups", "kernel", "debiased", "block_rows", "normalize"))
-def _all_pairs(arrays: tuple, threshold, *, groups: tuple, kernel: str, debiased: bool, block_rows,
+def _all_pairs(arrays: tuple, threshold, perm, *, groups: tuple, kernel: str, debiased: bool, block_rows,
                normalize: bool):
     """All-pairs CKA (``normalize``) or HSIC, in input order, plus per-representation flags.
 
     One centred Gram per representation, flattened into the rows of ``G``; ``G Gᵀ`` holds every pair's
     ``⟨K_i, K_j⟩_F``. Chunked: the same contraction accumulated over blocks of Gram rows.
     """
-    stacks, order = _stack_groups(arrays, groups)
+    stacks = _stack_groups(arrays, groups)
     n = stacks[0].shape[1]
     chunked = block_rows is not None and block_rows < n
 
@@ -261,10 +271,9 @@ def _all_pairs(arrays: tuple, threshold, *, groups: tuple, kernel: str, debiased
             flat = jnp.concatenate([p.reshape(p.shape[0], -1) for p in parts])  # (M, block_rows·n)
             return acc + jnp.dot(flat, flat.T, precision=_HIGHEST)
 
-        m = len(order)
+        m = perm.shape[0]
         products = jax.lax.fori_loop(0, -(-n // block_rows), add_block, jnp.zeros((m, m), jnp.float32))
-    # Back to input order with a constant permutation matrix: exact, and cheaper to compile than a gather.
-    perm = jnp.asarray(np.eye(len(order), dtype=np.float32)[np.argsort(order)])
+    # Back to input order with a permutation matrix: exact, and cheaper to compile than a gather.
     products = jnp.dot(jnp.dot(perm, products, precision=_HIGHEST), perm.T, precision=_HIGHEST)
     constant = jnp.dot(perm, jnp.concatenate([st["constant"] for st in states]).astype(jnp.float32)) > 0.5
     finite = jnp.dot(perm, jnp.concatenate([st["finite"] for st in states]).astype(jnp.float32)) > 0.5
@@ -290,9 +299,9 @@ def _raise_on_problems(constant, finite, on_constant: str, labels=None) -> None:
 
 def _run(features, kernel, debiased, rbf_threshold, block_rows, normalize):
     _check_options(kernel, "zero", block_rows)
-    arrays, groups, n, _ = _layout(features)
+    arrays, groups, perm, n = _layout(features)
     _check_n(n, debiased)
-    return _all_pairs(arrays, jnp.float32(rbf_threshold), groups=groups, kernel=kernel, debiased=debiased,
+    return _all_pairs(arrays, jnp.float32(rbf_threshold), perm, groups=groups, kernel=kernel, debiased=debiased,
                       block_rows=block_rows, normalize=normalize)
 
 
