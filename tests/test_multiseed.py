@@ -15,7 +15,8 @@ import pytest
 from jaxfcn.errors import UserError
 from jaxfcn.train import checkpoint
 from jaxfcn.train.loop import train_and_evaluate
-from jaxfcn.train.multiseed import MANIFEST_FILE, seed_config, train_seeds
+from jaxfcn.config import base_config
+from jaxfcn.train.multiseed import MANIFEST_FILE, seed_config, stacked_batches, train_seeds
 from jaxfcn.train.workdir import load_run_config
 from train_helpers import like_real, shapes_dataset
 
@@ -86,31 +87,40 @@ def test_members_equal_single_runs(config, data, tmp_path):
                           checkpoint.load_params(os.path.join(program, "seed_4"))) > 1e-3
 
 
-def test_independent_order_and_resume_after_a_partial_save(config, data, tmp_path):
-    """Independent data order: member n trains on data seed n. A kill between two seeds' checkpoint saves
-    (seed_1 lacks its newest checkpoint) resumes both from their latest common step, bitwise."""
-    config.train.seed_data_order = "independent"
-    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 4, 2, 2
-    config.train.snapshot_steps = ""
+def test_resume_after_a_partial_save(config, data, tmp_path):
+    """A kill between two seeds' checkpoint saves (seed_1 lacks its newest checkpoint) resumes both seeds
+    from their latest common step and ends bitwise where the uninterrupted program ended."""
+    config.train.steps = 4  # the compiled program of the test above (constant learning rate)
     program = str(tmp_path / "program")
     train_seeds(with_seeds(config, 2, 0), program, dataset=data, progress=False)
     final = [checkpoint.load_params(os.path.join(program, f"seed_{n}")) for n in (0, 1)]
-
-    # member 1 trained on data seed 1, as the single run --seed 1 with independent order does
-    single = config.copy_and_resolve_references()
-    single.train.seed = 1
-    train_and_evaluate(single, str(tmp_path / "single_1"), dataset=data, progress=False)
-    assert max_difference(final[1], checkpoint.load_params(str(tmp_path / "single_1"))) <= TOLERANCE
-
-    # simulate the kill: seed_1's step-4 checkpoint, snapshot and later records never made it to disk
     seed_1 = os.path.join(program, "seed_1")
-    shutil.rmtree(os.path.join(seed_1, "checkpoints", "4"))
-    shutil.rmtree(os.path.join(seed_1, "snapshots", "4"))
+    for directory in ("checkpoints", "snapshots"):  # seed_1's step-4 saves never reached the disk
+        shutil.rmtree(os.path.join(seed_1, directory, "4"))
     summaries = train_seeds(with_seeds(config, 2, 0), program, dataset=data, progress=False)
-    assert [s["resumed_at"] for s in summaries] == [[2], [2]]
+    assert [s["resumed_at"] for s in summaries] == [[3], [3]]
     for n in (0, 1):
         assert max_difference(checkpoint.load_params(os.path.join(program, f"seed_{n}")), final[n]) == 0.0
         assert [r["step"] for r in records(os.path.join(program, f"seed_{n}"))] == [1, 2, 3, 4]
+        assert checkpoint.snapshot_steps(os.path.join(program, f"seed_{n}")) == [0, 1, 3, 4]
+
+
+def test_data_order(data):
+    """shared: one stream (data seed 0) for all seeds; independent: seed n's stream, stacked on axis 0.
+    (The independent program is checked against one device in tests/test_parallel.py.)"""
+    from jaxfcn.train.loop import data_seed
+
+    config = with_seeds(base_config(), 3, 5)
+    assert [data_seed(seed_config(config, n).train) for n in (5, 6, 7)] == [0, 0, 0]
+    config.train.seed_data_order = "independent"
+    seeds = [data_seed(seed_config(config, n).train) for n in (5, 6, 7)]
+    assert seeds == [5, 6, 7]
+    stacked = next(stacked_batches(data, 4, seeds, start=2))
+    assert stacked["image"].shape == (3, 4, 32, 32, 1)
+    for i, n in enumerate(seeds):
+        np.testing.assert_array_equal(stacked["label"][i], next(data.batches(4, n, start_step=2))["label"])
+    shared = next(stacked_batches(data, 4, [0, 0, 0], start=2))
+    np.testing.assert_array_equal(shared["image"], next(data.batches(4, 0, start_step=2))["image"])
 
 
 def test_refusals(config, data, tmp_path):

@@ -266,7 +266,11 @@ def _unstack_fn(plan: DevicePlan) -> Callable:
             return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
 
         # Sharding: replicated outputs (global arrays that every process can save and evaluate).
-        _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._named() if plan.mode == "sharding" else None)
+        # Slicing needs no optimisation: compile fast (XLA:CPU otherwise spends seconds on a big state tree).
+        from jaxfcn.train.step import FAST_COMPILE
+
+        _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._named() if plan.mode == "sharding" else None,
+                                      compiler_options=FAST_COMPILE)
     return _UNSTACK_CACHE[key]
 
 
