@@ -13,16 +13,19 @@ Each ``seed_<n>`` is exactly what a single run with ``--seed n`` writes, so ``ev
 in it resumes it.
 
 How: the K train states are stacked on a leading seed axis and the one-seed step of
-:func:`jaxfcn.train.step.train_step_function` is mapped over it (:func:`stacked_step_function`), in one
-compiled program per run. The loop, validation and files are those of one run
+:func:`jaxfcn.train.step.train_step_function` is mapped over it (:func:`stacked_step_function`: the
+``train.seed_strategy`` of :mod:`jaxfcn.train.seeds`), in one compiled program per run. The loop, validation and files are those of one run
 (:func:`jaxfcn.train.loop.train_runs`), once per seed.
 
 Data order (``train.seed_data_order``): ``shared`` (default) gives every seed the batches of data seed 0,
 so seeds differ in initialisation and augmentation only, and member n equals the single run ``--seed n``
-up to floating-point summation order (a vmapped convolution is a grouped convolution; measured on CPU
-after 6 Adam steps of the tiny test model: max |Δparam| ≲ 1e-6, asserted ≤ 1e-4 in
+up to floating-point summation order (the stacked step batches convolutions differently; measured on CPU
+after 6 Adam steps of the tiny test model: max |Δparam| 1.2e-7, asserted ≤ 1e-5 in
 ``tests/test_multiseed.py``). ``independent`` gives seed n the batches of data seed n (as ``--seed n``
 alone would), stacked on the seed axis.
+
+Devices: ``train.parallel`` as for one run (:mod:`jaxfcn.train.parallel`); with ``sharding`` the seed axis
+is split over devices where K and the device count allow (mesh ``(gcd(K, D), D / gcd(K, D))``).
 
 Resume: re-running the command resumes every seed from the latest step that all of them saved (each
 seed keeps at least its 2 latest checkpoints, so a kill between two seeds' saves leaves a common step).
