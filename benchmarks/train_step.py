@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -168,8 +169,12 @@ def main(argv=None) -> dict:
         torch_ms = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith(regime + "/torch_")}
         best = min(torch_ms, key=torch_ms.get) if torch_ms else None
         jax_ms = ms[f"{regime}/jax"]
+        # Paired per round (neighbouring measurements share the machine's load): median of torch/JAX ratios.
+        paired = {k: statistics.median(t / j for t, j in zip(times[f"{regime}/torch_{k}"]["wall"],
+                                                             times[f"{regime}/jax"]["wall"])) for k in torch_ms}
         regimes[regime] = {
             "jax_ms": jax_ms,
+            "paired_speedup_vs_torch": paired,
             "torch_ms": torch_ms,
             "best_torch": best,
             "speedup_vs_torch": torch_ms[best] / jax_ms if best else None,
@@ -229,7 +234,9 @@ def print_table(r: dict) -> None:
         print(f"{n:24s} {full or float('nan'):9.1f} {frozen or float('nan'):10.1f} {ratio:>12s} {cpu or float('nan'):12.1f}")
     for regime in ("full", "frozen"):
         g = r[regime]
-        print(f"{regime}: speedup_vs_torch {g['speedup_vs_torch'] or float('nan'):.2f} (best torch: {g['best_torch']}), "
+        paired = ", ".join(f"{k} {v:.2f}" for k, v in g["paired_speedup_vs_torch"].items())
+        print(f"{regime}: speedup_vs_torch {g['speedup_vs_torch'] or float('nan'):.2f} (best torch: {g['best_torch']}; "
+              f"per-round paired torch/JAX: {paired}), "
               f"flops_fraction {g['flops_fraction']:.3f} ({g['jax_gflops_per_s']:.1f} GFLOP/s of "
               f"{g['xla_flops_per_step'] / 1e9:.2f} GFLOP/step)")
     print("matmul GFLOP/s:", {k: {f: round(v, 1) for f, v in d.items()} for k, d in r["matmul_gflops_per_s"].items()})

@@ -62,6 +62,15 @@ def test_import_then_evaluate(torch_models, tmp_path, capsys):
     summary = json.loads(open(os.path.join(workdir, "summary.json")).read())
     assert summary["step"] == 40 and summary["num_cases"] >= 1
 
+    # the analyses read it like any run: evolution over its two snapshots, and CKA (run × run, per layer)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "evolution", "--run", workdir, "--out", str(out / "evo"), "--probes", "8"]) == 0
+    evolution = json.loads((out / "evo" / "evolution.json").read_text())
+    assert "steps" in json.dumps(evolution) and (out / "evo" / "evolution.png").is_file()
+    assert main(["analyze", "cka", "--runs", workdir, workdir, "--out", str(out / "cka"), "--probes", "8"]) == 0
+    cka = np.load(out / "cka" / "cka.npz")["cka"]
+    np.testing.assert_allclose(np.einsum("aibi->abi", cka)[0, 1], 1.0, atol=1e-4)  # same run: CKA 1 per layer
+
 
 def test_mismatched_state_dict_leaves_nothing(torch_models, tmp_path, capsys):
     config_path, config, final, _, _ = torch_models

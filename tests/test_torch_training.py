@@ -42,6 +42,7 @@ def test_adam_steps_agree_and_frozen_parts_stay_put(tiny_config, frozen):
     c.data.augment = False  # augmentation runs inside the JAX step; PyTorch would need the same draws
     c.train.lr_schedule, c.train.steps = "cosine", 3
     data = shapes_dataset(n_train=2, n_val=1, n_test=1)
+    c.model.num_classes = data.info.num_classes
     model = build_model(c.model)
     state = init_train_state(model, c, frozen)
     init = jax.tree.map(np.array, state.params)  # copies: the step donates `state`
