@@ -71,6 +71,11 @@ def _row(key, evidence, verdict, numbers):
             "rule": RULES[key], "numbers": numbers}
 
 
+def size_order(size: int) -> float:
+    """Training-set sizes in increasing order; 0 means "all examples", the largest."""
+    return math.inf if size == 0 else size
+
+
 def _by(runs, *keys):
     out = defaultdict(list)
     for r in runs:
@@ -118,16 +123,16 @@ def claim_gain_dependence(results) -> dict:
     targets = sorted({t for t, _, _ in dice})
     gains = {}
     for t in targets:
-        sizes = sorted({s for tt, s, _ in dice if tt == t})
+        sizes = sorted({s for tt, s, _ in dice if tt == t}, key=size_order)
         gains[t] = {s: dice.get((t, s, "transfer"), np.nan) - dice.get((t, s, "random"), np.nan) for s in sizes}
     if len(targets) < 2 or any(len(g) < 2 for g in gains.values()):
         return _row(2, "needs ≥ 2 targets and ≥ 2 sizes", NO_DATA, {"gain": gains})
-    rho = {t: spearman(list(g), list(g.values())) for t, g in gains.items()}
+    rho = {t: spearman([size_order(s) if s else 10**9 for s in g], list(g.values())) for t, g in gains.items()}
     a = all(_finite(r) and r < 0 for r in rho.values())
-    largest = {t: max(g) for t, g in gains.items()}
+    largest = {t: max(g, key=size_order) for t, g in gains.items()}
     hardness = {t: dice.get((t, largest[t], "random"), np.nan) for t in targets}
     hard, easy = min(targets, key=lambda t: hardness[t]), max(targets, key=lambda t: hardness[t])
-    g_small = {t: gains[t][min(gains[t])] for t in targets}
+    g_small = {t: gains[t][min(gains[t], key=size_order)] for t in targets}
     b = g_small[hard] > g_small[easy]
     verdict = SUPPORTED if a and b else NOT_SUPPORTED if not a and not b else MIXED
     parts = [f"{t}: gain by size " + ", ".join(f"{s}→{g:+.3f}" for s, g in gains[t].items()) + f" (ρ={rho[t]:+.2f})"
@@ -157,7 +162,7 @@ def claim_frozen_encoder(results) -> dict:
     targets = sorted({t for t, _, _ in dice})
     ratios = {}
     for t in targets:
-        size = max(s for tt, s, _ in dice if tt == t)
+        size = max((s for tt, s, _ in dice if tt == t), key=size_order)
         fr, rd = dice.get((t, size, "frozen_random"), np.nan), dice.get((t, size, "random"), np.nan)
         if _finite(fr) and _finite(rd) and rd > 0:
             ratios[t] = (fr / rd, fr, rd, size)
