@@ -55,15 +55,30 @@ def _path(keys) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in keys)
 
 
+def network_order(layer: str) -> tuple:
+    """Sort key: encoder levels upwards, decoder from the bottleneck up (``up_i`` before ``block_i``), head."""
+    parts = layer.split("/")
+    part = {"encoder": 0, "decoder": 1, "head": 2}.get(parts[0], 3)
+    rest = []
+    for token in parts[1:]:
+        name, _, index = token.rpartition("_")
+        number = int(index) if index.isdigit() else 0
+        if part == 1 and name in ("up", "block"):
+            rest += [-number, 0 if name == "up" else 1]
+        else:
+            rest += [number, 0]
+    return (part, rest, layer)
+
+
 def kernel_leaves(params) -> dict[str, np.ndarray]:
-    """``{"encoder/block_0/conv_0": kernel, …}``: every ``kernel`` leaf, raw shape, in tree order."""
+    """``{"encoder/block_0/conv_0": kernel, …}``: every ``kernel`` leaf, raw shape, in network order."""
     import jax
 
     out = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if str(getattr(keys[-1], "key", keys[-1])) == "kernel":
             out[_path(keys[:-1])] = np.asarray(leaf)
-    return out
+    return {k: out[k] for k in sorted(out, key=network_order)}
 
 
 def as_filter_bank(name: str, kernel: np.ndarray, spatial_dims: int) -> np.ndarray:
