@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
         best = min(torch_ms, key=torch_ms.get) if torch_ms else None
         jax_ms = ms[f"{regime}/jax"]
         # Paired per round (neighbouring measurements share the machine's load): median of torch/JAX ratios.
-        paired = {k: statistics.median(t / j for t, j in zip(times[f"{regime}/torch_{k}"]["wall"],
+        paired = {k: statistics.median(t / j for t, j in zip(times[f"{regime}/{k}"]["wall"],
                                                              times[f"{regime}/jax"]["wall"])) for k in torch_ms}
         regimes[regime] = {
             "jax_ms": jax_ms,
