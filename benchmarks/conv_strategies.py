@@ -116,7 +116,7 @@ def build_variant(config, name: str, frozen_parts=()):
 
 
 def interleaved(runners: dict, rounds: int, warmup: int = 1) -> dict:
-    """Run each ``runners[name]()`` (blocks until done) once per round, in turn; medians and ratios.
+    """Run each ``runners[name]()`` (blocks until done) once per round, in rotating order; medians, ratios.
 
     Returns ``{name: {"wall_ms", "cpu_ms", "ratio"}}`` where ``ratio`` is the median over rounds of
     wall(name) / wall(first runner) within the same round (robust to drifting machine load).
@@ -125,7 +125,8 @@ def interleaved(runners: dict, rounds: int, warmup: int = 1) -> dict:
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     for r in range(warmup + rounds):
-        for n in names:
+        # rotate the order every round: a runner's slot (e.g. right after a memory-hungry one) biases it
+        for n in names[r % len(names):] + names[:r % len(names)]:
             w0, c0 = time.perf_counter(), time.process_time()
             runners[n]()
             if r >= warmup:

@@ -7,7 +7,7 @@ compilation. Per-seed time = K-seed step time / K; the reported ratio is the med
 (per-seed time) / (single-seed step time of the same round). Goal: K=8 at ≤ 1.0× on CPU.
 
     python benchmarks/seeds.py                     # batch 8, 128², depth 4, base 16, fp32 (the README table)
-    python benchmarks/seeds.py --quick             # 32², depth 3, base 8, 3 rounds (~2 min)
+    python benchmarks/seeds.py --quick             # 32², depth 3, base 8, K = 1, 8, 3 rounds
     python benchmarks/seeds.py --strategies per_seed,vmap --ks 1,8 --rounds 7 --json out.json
 """
 from __future__ import annotations
@@ -56,10 +56,11 @@ def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
             print(f"compiled {strategy} K={k} in {time.perf_counter() - t:.1f} s", flush=True)
     times = {name: [] for name in runners}
     cpu = {name: [] for name in runners}
-    for r in range(rounds + 1):  # round 0 warms up
-        for name, run in runners.items():
+    names = list(runners)
+    for r in range(rounds + 1):  # round 0 warms up; the order rotates (a slot can bias a runner)
+        for name in names[r % len(names):] + names[:r % len(names)]:
             w, c = time.perf_counter(), time.process_time()
-            run()
+            runners[name]()
             if r:
                 times[name].append(time.perf_counter() - w)
                 cpu[name].append(time.process_time() - c)
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small model, 3 rounds (~2 min)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--strategies", help="comma-separated (default: all)")
-    parser.add_argument("--ks", default="1,2,4,8")
+    parser.add_argument("--ks", help="comma-separated K values (default 1,2,4,8; quick 1,8)")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--frozen-encoder", action="store_true")
     args = parser.parse_args(argv)
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     else:
         config = bench_config()
     strategies = args.strategies.split(",") if args.strategies else list(SEED_STRATEGIES)
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = [int(k) for k in (args.ks or ("1,8" if args.quick else "1,2,4,8")).split(",")]
     rounds = args.rounds or (3 if args.quick else 5)
     frozen = ("encoder",) if args.frozen_encoder else ()
     result = {"benchmark": "seeds", "machine": machine(), "rounds": rounds, "frozen": list(frozen),

@@ -11,6 +11,7 @@ import os
 import sys
 
 from jaxfcn.errors import UserError
+from jaxfcn.runtime import enable_compilation_cache
 
 # Subsystems with CLI commands, in help order.
 COMMAND_MODULES = (
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_logs()
+    enable_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

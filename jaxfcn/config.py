@@ -157,8 +157,10 @@ def apply_overrides(config, overrides) -> None:
         leaf = parts[-1]
         if leaf not in node:
             raise UserError(f"--set {item}: unknown config key '{key}'")
-        value = _parse_value(text)
         current = node[leaf]
+        value = _parse_value(text)
+        if isinstance(current, str) and not isinstance(value, str):
+            value = text  # a string key keeps the raw text: train.snapshot_steps=10,100 is not a tuple
         if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
             value = tuple(value) if not isinstance(value, str) else tuple(v for v in value.split(",") if v)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):

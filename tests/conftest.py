@@ -4,13 +4,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+from jaxfcn.runtime import enable_compilation_cache  # noqa: E402
 
-# Compiled programs are cached on disk across runs of the suite (and across xdist workers).
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("JAXFCN_JAX_CACHE", os.path.expanduser("~/.cache/jaxfcn/jax_cache")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Compiled programs are cached on disk across runs of the suite, across xdist workers and in the CLI
+# subprocesses the tests start (they inherit the environment).
+enable_compilation_cache()
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -154,10 +154,14 @@ def _features(workdir: str, config, step, images, layers, args) -> tuple[dict, i
     from jaxfcn.train.checkpoint import load_variables
 
     variables, actual = load_variables(workdir, step)
-    feats = extract_features(build_model(config.model), variables, images, layers, convention=args.convention,
-                             max_features=args.max_features or None, positions_per_image=args.positions_per_image,
-                             batch_size=args.batch_size, seed=args.probe_seed)
+    feats = extract_features(build_model(config.model), variables, images, layers, **_feature_options(args))
     return feats, actual
+
+
+def _feature_options(args) -> dict:
+    """The ``extract_features`` settings given on the command line."""
+    return {"convention": args.convention, "max_features": args.max_features or None,
+            "positions_per_image": args.positions_per_image, "batch_size": args.batch_size, "seed": args.probe_seed}
 
 
 def _cka_all(features: list, labels: list[str], args):
@@ -330,34 +334,30 @@ def _evolution(args) -> int:
     import numpy as np
 
     from jaxfcn.analysis import plots
-    from jaxfcn.train.checkpoint import snapshot_steps
+    from jaxfcn.analysis.evolution import representation_evolution
 
     (config,) = _load_configs([args.run], same_architecture=False)
     layers = _layers(config, args.layers)
-    steps = snapshot_steps(args.run)
-    if len(steps) < 2:
-        raise UserError(f"{args.run}: needs at least two parameter snapshots (has {steps})")
     images, task = _probe_images(config, args)
-    features = []
-    for step in steps:
-        feats, _ = _features(args.run, config, step, images, layers, args)
-        features += [feats[layer] for layer in layers]
+    try:
+        evo = representation_evolution(args.run, images, layers, kernel=args.kernel, debiased=args.debiased,
+                                       feature_options=_feature_options(args))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for label in evo["constant"]:
+        print(f"note: {label} is constant over the probe set; its CKA is reported as 0")
+    steps, vs_init, vs_final = evo["steps"], evo["vs_init"], evo["vs_final"]
     os.makedirs(args.out, exist_ok=True)
-    rep_labels = [f"step {s}:{layer}" for s in steps for layer in layers]
-    matrix, constant = _cka_all(features, rep_labels, args)
-    s, l = len(steps), len(layers)
-    cka = matrix.reshape(s, l, s, l)
-    vs_init = {layer: [float(cka[0, k, t, k]) for t in range(s)] for k, layer in enumerate(layers)}
-    vs_final = {layer: [float(cka[t, k, s - 1, k]) for t in range(s)] for k, layer in enumerate(layers)}
-    np.savez(os.path.join(args.out, "evolution.npz"), cka=cka, steps=np.array(steps), layers=np.array(layers))
+    np.savez(os.path.join(args.out, "evolution.npz"), cka=evo["cka"], steps=np.array(steps), layers=np.array(layers))
     _write_json(os.path.join(args.out, "evolution.json"), {
         "run": os.path.abspath(args.run), "steps": steps, "layers": layers, "vs_init": vs_init,
         "vs_final": vs_final, "axes": ["step_a", "layer_a", "step_b", "layer_b"],
-        **_representation_settings(args, task, len(images)), "constant_representations": constant})
+        **_representation_settings(args, task, len(images)), "constant_representations": evo["constant"]})
     plots.evolution({k: (steps, v) for k, v in vs_init.items()}, {k: (steps, v) for k, v in vs_final.items()},
                     f"{_labels([args.run])[0]}: representation evolution ({len(images)} probes)",
                     os.path.join(args.out, "evolution.png"))
-    print(f"wrote {os.path.join(args.out, 'evolution.json')} and evolution.png: {s} snapshots × {l} layers")
+    print(f"wrote {os.path.join(args.out, 'evolution.json')} and evolution.png: {len(steps)} snapshots × "
+          f"{len(layers)} layers")
     for layer in layers:
         print(f"  {layer:12s} CKA(init, final) {vs_init[layer][-1]:.3f}")
     return 0

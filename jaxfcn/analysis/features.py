@@ -97,6 +97,8 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
     import jax
     import jax.numpy as jnp
 
+    from jaxfcn.models.layers import compiler_options
+
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention '{convention}' (choose from {', '.join(CONVENTIONS)})")
     layers = _check_layers(model, layers)
@@ -133,7 +135,7 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
                 out[name] = f[rows]  # (b, k, c)
         return out
 
-    select = jax.jit(select)
+    select = jax.jit(select, compiler_options=compiler_options())
     coords_all = (sample_positions(n, spatial_in, positions_per_image, seed) if convention == "positions"
                   else np.zeros((n, 1, len(spatial_in)), np.int32))
     pieces: dict[str, list] = {name: [] for name in layers}

@@ -377,7 +377,7 @@ def _get(tree, path, collection):
     node = tree
     for i, key in enumerate(path):
         if key not in node:
-            raise ValueError(f"Flax {collection} lack {'/'.join(path[: i + 1])} (architecture differs from the config)")
+            raise ValueError(f"Flax {collection} lacks {'/'.join(path[: i + 1])} (architecture differs from the config)")
         node = node[key]
     return node
 

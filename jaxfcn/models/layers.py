@@ -27,6 +27,21 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col", "per_seed")
 
+# XLA:CPU (jaxlib 0.10) sends 2D float32 convolutions to YNNPACK by default. Listing only INDIVIDUAL_DOT keeps
+# YNNPACK for matmuls and gives convolutions back to XLA's Eigen kernels, which measured faster on this
+# project's CPU for every U-Net layer: forward 0.65x, kernel-gradient 0.6x, input-gradient 1.0x CPU time
+# (benchmarks/README.md, "CPU convolution strategies"). Same numbers up to summation order.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options(backend: str | None = None) -> dict:
+    """XLA compiler options for the U-Net's programs on ``backend`` (default: JAX's default backend).
+
+    Pass them to ``jax.jit(..., compiler_options=compiler_options())``. Empty where no option measured better.
+    """
+    backend = backend or jax.default_backend()
+    return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else {}
+
 KERNEL_INITS: dict[str, Callable] = {
     "he_normal": nn.initializers.he_normal(),
     "he_uniform": nn.initializers.he_uniform(),

@@ -6,7 +6,9 @@ For each target, at its largest training size:
 
 - ``within[regime][layer]``: CKA between every pair of seeds of that regime;
 - ``between[layer]``: CKA between every (transfer seed, random seed) pair;
-- ``reuse[layer]``: CKA between each transfer model and the source model it started from.
+- ``reuse[layer]``: CKA between each transfer model and the source model it started from;
+- ``evolution[regime]``: CKA of each layer's representation at every parameter snapshot of the
+  lowest seed vs its initialisation and vs its final state (:mod:`jaxfcn.analysis.evolution`).
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from jaxfcn.analysis import plots
 from jaxfcn.reproduce import figures as figs
-from jaxfcn.reproduce.grid import Run
+from jaxfcn.reproduce.grid import Run, task_label
 
 FILTER_REGIMES = ("random",)  # target regimes whose filters are tested (plus the source runs)
+EVOLUTION_REGIMES = ("random", "transfer", "frozen_random")
 
 
 def largest_size_runs(targets: list[Run]) -> dict[str, list[Run]]:
@@ -75,14 +79,14 @@ def _features(run_workdir: str, images: np.ndarray, layers: list[str]) -> dict[s
     return extract_features(build_model(config.model), variables, images, layers)
 
 
-def cka_results(config, sources: list[Run], targets: list[Run]) -> dict:
+def cka_results(config, sources: list[Run], targets: list[Run], probes: dict[str, np.ndarray]) -> dict:
     from jaxfcn.analysis.cka import cka_matrix
     from jaxfcn.models import layer_names
 
     layers = layer_names(config.model.depth)
     out = {}
     for task, runs in largest_size_runs(targets).items():
-        images = _probe_images(task, config, config.study.probe_images)
+        images = probes[task]
         models = {}  # label → run
         for r in runs:
             if r.regime in ("random", "transfer"):
@@ -108,7 +112,7 @@ def cka_results(config, sources: list[Run], targets: list[Run]) -> dict:
                               for b in labels if b.startswith("random/")]
             reuse[layer] = [float(m[index[f"transfer/{r.seed}"], index[_source_label(r, sources)]])
                             for r in runs if r.regime == "transfer" and _source_label(r, sources) in index]
-        out[task] = {"within": dict(within), "between": between, "reuse": reuse, "models": labels,
+        out[task_label(task)] = {"within": dict(within), "between": between, "reuse": reuse, "models": labels,
                      "matrices": matrices}
     return out
 
@@ -117,13 +121,34 @@ def _source_label(run: Run, sources: list[Run]) -> str:
     return next(f"source/{s.seed}" for s in sources if s.workdir == run.source_workdir)
 
 
+def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray]) -> dict:
+    """Per target (largest size) and regime of ``EVOLUTION_REGIMES``: the lowest seed's representation
+    evolution ``{"seed", "steps", "vs_init", "vs_final"}``."""
+    from jaxfcn.analysis.evolution import representation_evolution
+    from jaxfcn.models import layer_names
+
+    layers = layer_names(config.model.depth)
+    out = {}
+    for task, runs in largest_size_runs(targets).items():
+        for regime in EVOLUTION_REGIMES:
+            run = min((r for r in runs if r.regime == regime), key=lambda r: r.seed, default=None)
+            if run is None:
+                continue
+            evo = representation_evolution(run.workdir, probes[task], layers)
+            out.setdefault(task_label(task), {})[regime] = {"seed": run.seed, "steps": evo["steps"], "vs_init": evo["vs_init"],
+                                                "vs_final": evo["vs_final"]}
+    return out
+
+
 def analyse(config, sources: list[Run], targets: list[Run], out_dir: str, progress: bool = True) -> dict:
     from jaxfcn.models import layer_names
 
     layers = layer_names(config.model.depth)
     encoder_layers = [l for l in layers if l.startswith("enc_")] + ["bottleneck"]
+    probes = {task: _probe_images(task, config, config.study.probe_images) for task in largest_size_runs(targets)}
     return {"layers": layers, "encoder_layers": encoder_layers,
-            "filters": filter_rows(sources, targets, progress), "cka": cka_results(config, sources, targets)}
+            "filters": filter_rows(sources, targets, progress), "cka": cka_results(config, sources, targets, probes),
+            "evolution": evolution_results(config, targets, probes)}
 
 
 def prediction_examples(results, config) -> list:
@@ -164,6 +189,13 @@ def figures(results, out_dir: str, config=None) -> dict[str, str]:
     for task, c in results.get("cka", {}).items():
         out[f"CKA between models per layer ({task})"] = figs.model_heatmaps(
             c["matrices"], c["models"], os.path.join(d, f"cka_models_{task}.png"), title=task)
+    for task, by_regime in results.get("evolution", {}).items():
+        for regime, evo in by_regime.items():
+            steps = evo["steps"]
+            out[f"Representation evolution ({task}, {regime}, seed {evo['seed']})"] = plots.evolution(
+                {k: (steps, v) for k, v in evo["vs_init"].items()}, {k: (steps, v) for k, v in evo["vs_final"].items()},
+                f"{task} {regime} seed {evo['seed']}: CKA per layer over training",
+                os.path.join(d, f"evolution_{task}_{regime}.png"))
     if config is not None:
         examples = prediction_examples(results, config)
         if examples:

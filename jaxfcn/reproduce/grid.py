@@ -6,7 +6,9 @@ Layout under the study's output folder::
     OUT/runs/<target>/n<size>/<regime>/seed_<s>/          # target runs (size "all" when 0)
 
 Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source seed
-``s mod source_seeds``.
+``s mod source_seeds``. The seeds of one condition (the source, or one target × size × regime) are trained
+together as one K-seed program (:mod:`jaxfcn.train.multiseed`) whose folder is the ``seed_<s>`` folders'
+parent.
 """
 from __future__ import annotations
 
@@ -67,6 +69,23 @@ def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
                     source = sources[seed % len(sources)].workdir if REGIMES[regime][0] and needs_source else None
                     targets.append(Run("target", target, seed, workdir, size, regime, source))
     return sources, targets
+
+
+def conditions(runs: list[Run]) -> list[list[Run]]:
+    """``runs`` grouped into conditions (same program folder), in order; each condition's seeds ascend by 1."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(program_dir(run), []).append(run)
+    for group in groups.values():
+        seeds = [r.seed for r in group]
+        if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise ValueError(f"seeds of {program_dir(group[0])} are not consecutive: {seeds}")
+    return list(groups.values())
+
+
+def program_dir(run: Run) -> str:
+    """The folder of the K-seed program that trains ``run`` (its ``seed_<s>`` folder's parent)."""
+    return os.path.dirname(run.workdir)
 
 
 def run_config(config, run: Run):

@@ -30,6 +30,21 @@ def dice_table(results) -> str:
     return "\n".join(lines)
 
 
+def evolution_table(results) -> str:
+    """CKA(initialisation, final) per layer for each target and regime (1 = representation unchanged)."""
+    evolution = results.get("evolution", {})
+    layers = results.get("layers", [])
+    if not evolution:
+        return "(no runs with two or more snapshots)"
+    lines = ["| target | regime | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
+    for task, by_regime in evolution.items():
+        for regime, evo in by_regime.items():
+            lines.append(f"| {task} | {regime} | "
+                         + " | ".join(f"{evo['vs_init'][l][-1]:.2f}" if l in evo["vs_init"] else "–" for l in layers)
+                         + " |")
+    return "\n".join(lines)
+
+
 def write_report(results, rows, figures: dict[str, str], out_dir: str) -> str:
     """Write ``out_dir/report.md`` atomically and return its path. ``figures``: caption → PNG path."""
     about = results.get("about", {})
@@ -46,6 +61,10 @@ def write_report(results, rows, figures: dict[str, str], out_dir: str) -> str:
         "## Test Dice (mean [95% interval] over seeds; foreground classes averaged)",
         "",
         dice_table(results),
+        "",
+        "## Representation evolution: CKA(initialisation, final) per layer (lowest seed, largest size)",
+        "",
+        evolution_table(results),
         "",
         "## Figures",
         "",

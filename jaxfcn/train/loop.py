@@ -299,14 +299,14 @@ def train_and_evaluate(config, workdir: str, *, dataset=None, progress: bool = T
         wd.create_workdir(workdir, config, dataset.info)
     plan.barrier("jaxfcn-created")
     model = build_model(config.model)
-    run = RunFiles(workdir, config, primary=plan.primary)
+    run = RunFiles(workdir, config, init=init, primary=plan.primary)
     try:
         saved = run.checkpoint_steps()
-        state = plan.place_state(run.initial_state(model, init, saved[-1] if saved else None))
+        state = plan.place_state(run.initial_state(model, saved[-1] if saved else None))
         train_step = plan.compile_step(train_step_function(model, config, tuple(t.freeze), plan.axis_name), state)
         (summary,) = train_runs(
             config, dataset, [run], plan, state, train_step, make_eval_step(model, config.model.num_classes),
-            batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start), init=init,
+            batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start),
             progress=progress, summary_extra={"parallel": plan.describe()})
         return summary
     finally:
@@ -318,13 +318,15 @@ class RunFiles:
 
     :func:`train_and_evaluate` keeps one; a K-seed program (:mod:`jaxfcn.train.multiseed`) one per seed.
     With several processes, orbax saves are collective (every process makes them) and the plain files
-    are written by the ``primary`` process only.
+    are written by the ``primary`` process only. ``init``: the run's checked ``--init`` source
+    (:func:`check_init_source`; None for a random initialisation).
     """
 
-    def __init__(self, workdir: str, config, *, keep: int | None = None, primary: bool = True, label: str = ""):
+    def __init__(self, workdir: str, config, *, init: dict | None = None, keep: int | None = None,
+                 primary: bool = True, label: str = ""):
         from jaxfcn.train import checkpoint
 
-        self.workdir, self.config, self.primary, self.label = workdir, config, primary, label
+        self.workdir, self.config, self.init, self.primary, self.label = workdir, config, init, primary, label
         self.states = checkpoint.state_manager(workdir, keep=config.train.keep_checkpoints if keep is None else keep)
         self.snapshots = checkpoint.snapshot_manager(workdir)
         self.summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
@@ -333,7 +335,7 @@ class RunFiles:
     def checkpoint_steps(self) -> list[int]:
         return sorted(self.states.all_steps())
 
-    def initial_state(self, model, init: dict | None, step: int | None):
+    def initial_state(self, model, step: int | None):
         """The state saved at checkpoint ``step``; with ``step`` None the fresh run's state: the seeded
         initialisation, with the ``init`` source's parts transferred into it."""
         from jaxfcn.partition import transfer_params
@@ -344,6 +346,7 @@ class RunFiles:
         state = init_train_state(model, self.config, frozen)
         if step is not None:
             return checkpoint.restore_state(self.states, state, step)
+        init = self.init
         if init is not None:
             source_params = checkpoint.load_params(init["source"], init["step"])
             state = init_train_state(model, self.config, frozen,
@@ -403,7 +406,7 @@ class RunFiles:
         if checkpoint_now or self.new_best:
             checkpoint.save_state(self.states, state, val_dice=self.val_dice if evaluated else None)
 
-    def finish(self, state, *, init, dataset, train_time: float, compilations, extra: dict | None = None) -> dict:
+    def finish(self, state, *, dataset, train_time: float, compilations, extra: dict | None = None) -> dict:
         """Final checkpoint and snapshot, then ``train_summary.json``; returns the summary."""
         from jaxfcn.train import checkpoint
 
@@ -421,7 +424,7 @@ class RunFiles:
             "best_step": best_record["step"] if best_record else None,
             "time_to_best_fraction": time_to_fraction(self.log.records),
             "train_time_s": round(train_time, 3),
-            "init": init or {"source": "random"},
+            "init": self.init or {"source": "random"},
             "frozen": list(t.freeze),
             "dataset": dataset.info.name,
             "num_train_examples": dataset.num_examples("train"),
@@ -443,7 +446,7 @@ class RunFiles:
         self.snapshots.close()
 
 
-def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, eval_step, *, batches, init,
+def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, eval_step, *, batches,
                progress: bool = True, summary_extra: dict | None = None) -> list[dict]:
     """Train the runs of one program (one run, or the K seeds of a stacked program) to ``train.steps``.
 
@@ -492,7 +495,7 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
                 validation = validate(eval_step, member.variables(), dataset, config) if is_eval else None
                 record = run.flush(step, run_values, train_time, steps_per_s, validation)
                 records.append(record)
-                if is_eval and plan.primary:
+                if is_eval and progress and plan.primary:
                     tqdm.write(f"{run.label}step {step}/{t.steps}  loss {record['loss']:.4f}  val Dice "
                                f"{record['val_dice']:.4f}  {steps_per_s:.2f} steps/s", file=sys.stderr)
                 if member is not None:
@@ -509,7 +512,7 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
         source.close()
 
     compilations = _compilations(train_step) if start < t.steps else None
-    return [run.finish(member, init=init, dataset=dataset, train_time=train_time, compilations=compilations,
+    return [run.finish(member, dataset=dataset, train_time=train_time, compilations=compilations,
                        extra=summary_extra) for run, member in zip(runs, plan.members(state))]
 
 

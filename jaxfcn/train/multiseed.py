@@ -54,11 +54,14 @@ def seed_workdir(workdir: str, seed: int) -> str:
     return os.path.join(workdir, f"seed_{seed}")
 
 
-def seed_config(config, seed: int):
-    """The config of the single run ``--seed seed`` (what that seed's workdir records)."""
+def seed_config(config, seed: int, init: str | None = None):
+    """The config of the single run ``--seed seed`` (what that seed's workdir records); ``init``
+    replaces ``train.init`` (a member started from its own source run)."""
     config = copy.deepcopy(config)
     config.train.seed = int(seed)
     config.train.num_seeds = 1
+    if init is not None:
+        config.train.init = init
     return config
 
 
@@ -142,9 +145,12 @@ def resume_step(runs: list[RunFiles]) -> int | None:
     return max(common) if common else None
 
 
-def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, devices: int | None = None) -> list[dict]:
+def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, devices: int | None = None,
+                seed_inits: dict[int, str] | None = None) -> list[dict]:
     """Train (or resume) seeds ``train.seed … + train.num_seeds − 1`` together in ``workdir/seed_<n>``.
 
+    ``seed_inits`` maps a seed to its own ``train.init`` (e.g. transfer from source seed n mod S); seeds
+    not in it use ``train.init``. The sources must share the architecture (checked per seed).
     Returns the seeds' train summaries (as :func:`jaxfcn.train.loop.train_and_evaluate` does for one).
     """
     t = config.train
@@ -156,9 +162,10 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
     check_program_dir(workdir, seeds)
     if dataset is None:
         dataset = open_training_data(config, progress=progress)
-    prepared = [prepare_run(seed_config(config, n), seed_workdir(workdir, n), dataset, progress) for n in seeds]
+    seed_inits = seed_inits or {}
+    prepared = [prepare_run(seed_config(config, n, seed_inits.get(n)), seed_workdir(workdir, n), dataset, progress)
+                for n in seeds]
     configs = [p[0] for p in prepared]
-    init = prepared[0][2]
     run_config = configs[0]
     data_seeds = [data_seed(c.train) for c in configs]
 
@@ -183,17 +190,17 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
     model = build_model(run_config.model)
     runs = []
     try:
-        for n, c in zip(seeds, configs):
-            runs.append(RunFiles(seed_workdir(workdir, n), c, keep=max(c.train.keep_checkpoints, MIN_KEEP),
+        for n, (c, _, init, _) in zip(seeds, prepared):
+            runs.append(RunFiles(seed_workdir(workdir, n), c, init=init, keep=max(c.train.keep_checkpoints, MIN_KEEP),
                                  primary=plan.primary, label=f"seed {n}: "))
         step = resume_step(runs)
-        state = plan.place_state(plan.stack([run.initial_state(model, init, step) for run in runs]))
+        state = plan.place_state(plan.stack([run.initial_state(model, step) for run in runs]))
         step_fn = stacked_step_function(model, run_config, tuple(t.freeze), shared_batch=not plan.seed_batches,
                                         axis_name=plan.axis_name)
         train_step = plan.compile_step(step_fn, state)
         return train_runs(
             run_config, dataset, runs, plan, state, train_step, make_eval_step(model, run_config.model.num_classes),
-            batches=lambda start: stacked_batches(dataset, t.batch_size, data_seeds, start), init=init,
+            batches=lambda start: stacked_batches(dataset, t.batch_size, data_seeds, start),
             progress=progress, summary_extra={
                 "parallel": plan.describe(),
                 "program": {"seeds": seeds, "workdir": os.path.abspath(workdir), "seed_strategy": strategy}})

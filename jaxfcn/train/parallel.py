@@ -187,8 +187,10 @@ class DevicePlan:
         donated. ``state`` (placed) gives the structure for the shardings."""
         import jax
 
+        from jaxfcn.models.layers import compiler_options
+
         if self.mode == "none":
-            return jax.jit(step_fn, donate_argnums=0)
+            return jax.jit(step_fn, donate_argnums=0, compiler_options=compiler_options())
         if self.mode == "pmap":
             return jax.pmap(step_fn, axis_name=PMAP_AXIS, devices=list(self.devices), donate_argnums=0)
         state_sharding = jax.tree.map(lambda _: self._state_sharding(), state)
@@ -203,7 +205,8 @@ class DevicePlan:
                                     out_specs=(spec("seed"), spec("seed")), check_vma=False)
         # Metrics come back replicated so that every process can read them.
         return jax.jit(step_fn, in_shardings=(state_sharding, self._batch_sharding()),
-                       out_shardings=(state_sharding, self._named()), donate_argnums=0)
+                       out_shardings=(state_sharding, self._named()), donate_argnums=0,
+                       compiler_options=compiler_options())
 
     # --- per-model views ------------------------------------------------------------------------------
 

@@ -38,7 +38,10 @@ def make_probabilities_fn(model) -> Callable:
     """Jitted ``(variables, x (N, *S, C)) -> softmax (N, *S, K)``."""
     import jax
 
-    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+    from jaxfcn.models.layers import compiler_options
+
+    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1),
+                   compiler_options=compiler_options())
 
 
 def _batched(probabilities_fn, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:

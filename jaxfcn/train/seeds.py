@@ -121,7 +121,9 @@ def make_seeds_train_step(model, config, frozen_parts: Iterable[str] = (), strat
     if shared_batch is None:
         shared_batch = config.train.seed_data_order == "shared"
     step = stacked_step_function(model, config, frozen_parts, strategy=strategy, shared_batch=shared_batch)
-    return jax.jit(step, donate_argnums=0)
+    from jaxfcn.models.layers import compiler_options
+
+    return jax.jit(step, donate_argnums=0, compiler_options=compiler_options())
 
 
 def init_seed_states(model, config, seeds: Iterable[int], frozen_parts: Iterable[str] = (), params=None) -> Any:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxfcn.models import init_variables, input_shape
+from jaxfcn.models.layers import compiler_options
 from jaxfcn.partition import check_parts, merge_params, param_labels, split_params
 from jaxfcn.train.losses import segmentation_loss
 from jaxfcn.train.metrics import confusion_counts
@@ -143,7 +144,8 @@ def make_train_step(model, config, frozen_parts: Iterable[str] = ()) -> Callable
     (one compilation per run). Augmentation (``data.augment``) runs inside the step with key
     ``fold_in(state.rng, state.step + 1)``. ``grad_norm`` is the global norm of the trainable gradients.
     """
-    return jax.jit(train_step_function(model, config, frozen_parts), donate_argnums=0)
+    return jax.jit(train_step_function(model, config, frozen_parts), donate_argnums=0,
+                   compiler_options=compiler_options())
 
 
 def train_step_function(model, config, frozen_parts: Iterable[str] = (), axis_name: str | None = None):
@@ -212,4 +214,4 @@ def make_eval_step(model, num_classes: int) -> Callable[[dict, dict], jax.Array]
         logits = model.apply(variables, batch["image"], train=False)
         return confusion_counts(jnp.argmax(logits, -1), batch["label"], num_classes, batch.get("weight"))
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, compiler_options=compiler_options())

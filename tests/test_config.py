@@ -1,0 +1,24 @@
+"""``--set key=value`` overrides: types follow the key, unknown keys and wrong types are one-line errors."""
+import pytest
+
+from jaxfcn.config import apply_overrides, base_config
+from jaxfcn.errors import UserError
+
+
+def test_overrides_follow_the_type_of_the_key():
+    c = base_config()
+    apply_overrides(c, ["train.snapshot_steps=10,100", "data.task=subcortical", "train.learning_rate=1",
+                        "study.train_sizes=(8,0)", "study.targets=a,b", "train.steps=7", "train.init='random'"])
+    assert c.train.snapshot_steps == "10,100"  # a string key keeps the text, not a tuple
+    assert c.data.task == "subcortical"
+    assert c.train.learning_rate == 1.0 and isinstance(c.train.learning_rate, float)
+    assert c.study.train_sizes == (8, 0)
+    assert c.study.targets == ("a", "b")
+    assert c.train.steps == 7
+    assert c.train.init == "random"
+
+
+@pytest.mark.parametrize("item", ["train.nope=1", "nope.steps=1", "train.steps", "train.steps=abc"])
+def test_bad_overrides_are_user_errors(item):
+    with pytest.raises(UserError, match="--set"):
+        apply_overrides(base_config(), [item])
