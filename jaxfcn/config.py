@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
+    c.train.checkpoint_best = True  # also checkpoint at every new best validation Dice (for --step best)
     c.train.snapshot_steps = "log:8"  # "log:K" = K log-spaced steps, or "10,100,1000"; step 0 always saved
     c.train.val_batches = 8
     c.train.init = "random"  # random | path to a source workdir

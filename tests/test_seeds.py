@@ -92,7 +92,7 @@ def test_k_seed_step_equals_single_seed_steps(plain, strategy):
     assert float(jnp.abs(diff).max()) > 1e-2
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "per_seed"])
+@pytest.mark.parametrize("strategy", ["vmap", "per_seed", "unrolled"])
 def test_frozen_encoder_and_independent_batches(frozen_independent, strategy):
     setup, singles = frozen_independent
     config, model = setup[:2]
@@ -128,7 +128,7 @@ def test_per_seed_strategy_has_no_grouped_convolution(plain):
 
 
 def test_strategy_choice():
-    assert seeds.choose_seed_strategy("cpu") == "per_seed"
+    assert seeds.choose_seed_strategy("cpu") == "unrolled"
     assert seeds.choose_seed_strategy("gpu") in seeds.SEED_STRATEGIES
     assert seeds.check_strategy("auto") == seeds.choose_seed_strategy()
     with pytest.raises(UserError, match="--seed-strategy pmap: not one of"):

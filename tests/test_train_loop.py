@@ -41,7 +41,7 @@ def test_run_layout_summary_and_snapshots(config, tmp_path):
                                            "snapshots", "train_summary.json"]
     resolved = load_run_config(workdir)
     assert (resolved.model.num_classes, resolved.model.in_channels) == (4, 1)
-    assert summary["train_step_compilations"] == 1
+    assert summary["train_step_compilations"] in (0, 1)  # 0: compiled by an earlier test
     assert summary["final_step"] == 6 and summary["snapshot_steps"] == [0, 1, 3, 6]
     assert set(summary["time_to_best_fraction"]) == {"90%", "95%", "99%"}
     best = summary["best_val_dice"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from jaxfcn.reproduce.claims import size_order
 from jaxfcn.reproduce.stats import format_interval, mean_interval
 
 
@@ -24,8 +25,8 @@ def dice_table(results) -> str:
     regimes = [g for g in ("random", "transfer", "frozen_random", "frozen_transfer")
                if any(g in v for v in cells.values())]
     lines = ["| target | n train | " + " | ".join(regimes) + " |", "|---|---|" + "---|" * len(regimes)]
-    for (target, size), by in sorted(cells.items()):
-        lines.append(f"| {target} | {size} | "
+    for (target, size), by in sorted(cells.items(), key=lambda item: (item[0][0], size_order(item[0][1]))):
+        lines.append(f"| {target} | {size or 'all'} | "
                      + " | ".join(format_interval(mean_interval(by.get(g, []))) for g in regimes) + " |")
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ What a run does, in order:
    continues the data stream at that step (batch t depends only on (data seed, t)).
 3. Train with the jitted step of :mod:`jaxfcn.train.step`; every ``eval_every`` steps (and at the end)
    validate: mean foreground Dice of pooled counts over ``eval_batches("val", batch_size, val_batches)``.
-4. Checkpoint every ``checkpoint_every`` steps, at every new best validation Dice, and at the end; save
+4. Checkpoint every ``checkpoint_every`` steps, at every new best validation Dice (unless
+   ``train.checkpoint_best`` is off), and at the end; save
    parameter snapshots at ``train.snapshot_steps`` and at the end.
 5. Write ``train_summary.json``: best/final val Dice and, for the paper's claim 1, the first step (and
    training wall time) at which val Dice reached 90/95/99 % of the run's best.
@@ -403,7 +404,7 @@ class RunFiles:
 
         if snapshot:
             checkpoint.save_snapshot(self.snapshots, int(state.step), state.variables())
-        if checkpoint_now or self.new_best:
+        if checkpoint_now or (self.new_best and self.config.train.checkpoint_best):
             checkpoint.save_state(self.states, state, val_dice=self.val_dice if evaluated else None)
 
     def finish(self, state, *, dataset, train_time: float, compilations, extra: dict | None = None) -> dict:
@@ -429,7 +430,8 @@ class RunFiles:
             "dataset": dataset.info.name,
             "num_train_examples": dataset.num_examples("train"),
             "resumed_at": self.resumed_at,
-            # jit cache entries of the train step in this process: 1 means it compiled exactly once
+            # new jit cache entries of the train step during this run: 1 means it compiled exactly once
+            # (0: an earlier run in this process had compiled the same program)
             "train_step_compilations": compilations if compilations is not None else self.previous.get(
                 "train_step_compilations"),
             "snapshot_steps": checkpoint.snapshot_steps(self.workdir),
@@ -465,6 +467,8 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
     snapshot_at = set(parse_snapshot_steps(t.snapshot_steps, t.steps)) | {t.steps}
     last_flush_step, last_flush_time = start, train_time
 
+    # the step's cache may already hold this program (an earlier run of the same settings in this process)
+    compiled_before = _compilations(train_step) or 0
     source = Prefetcher(map(plan.place_batch, batches(start)))
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and plan.primary), dynamic_ncols=True,
                desc="train", file=sys.stderr, leave=True)
@@ -511,7 +515,8 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
         bar.close()
         source.close()
 
-    compilations = _compilations(train_step) if start < t.steps else None
+    after = _compilations(train_step)
+    compilations = after - compiled_before if start < t.steps and after is not None else None
     return [run.finish(member, dataset=dataset, train_time=train_time, compilations=compilations,
                        extra=summary_extra) for run, member in zip(runs, plan.members(state))]
 

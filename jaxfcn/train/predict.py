@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Sequence
@@ -34,8 +35,10 @@ from jaxfcn.errors import UserError
 DEFAULT_OVERLAP = 0.5
 
 
+@functools.lru_cache(maxsize=16)
 def make_probabilities_fn(model) -> Callable:
-    """Jitted ``(variables, x (N, *S, C)) -> softmax (N, *S, K)``."""
+    """Jitted ``(variables, x (N, *S, C)) -> softmax (N, *S, K)``; one per model (flax modules compare by
+    value), so evaluating many runs of one architecture traces it once per input shape."""
     import jax
 
     from jaxfcn.models.layers import compiler_options

@@ -11,7 +11,11 @@ that axis; all strategies compute the same numbers as K separate single-seed ste
   up-convolutions, loss, Adam) is vmapped into ops K times larger. With a shared batch the first layer's
   forward and kernel-gradient are single convolutions with K·Cout channels.
 - ``im2col``: ``jax.vmap`` with ``conv_impl="im2col"`` (convolutions become batched matmuls).
-- ``map``: ``jax.lax.map`` over seeds: a loop running the unchanged single-seed step K times.
+- ``unrolled``: the unchanged single-seed step written out K times in one program (a Python loop at
+  trace time): no grouped convolutions and no loop, so every op is exactly the single-seed op, and
+  XLA may run the K independent chains side by side. Compile time grows with K.
+- ``map``: ``jax.lax.map`` over seeds: a loop running the unchanged single-seed step K times. (On XLA:CPU
+  the convolutions inside the loop body measured ~20× slower than the same convolutions outside it.)
 
 Batches: with ``seed_data_order == "shared"`` every seed sees the same batch (B, …); with
 ``"independent"`` the batch has a leading seed axis (K, B, …). Augmentation inside the step draws from each
@@ -27,6 +31,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -34,16 +39,18 @@ import jax.numpy as jnp
 
 from jaxfcn.errors import UserError
 
-SEED_STRATEGIES = ("vmap", "per_seed", "im2col", "map")
+SEED_STRATEGIES = ("vmap", "per_seed", "im2col", "unrolled", "map")
 
 # conv_impl each strategy runs the model with (None: the model's own).
-_CONV_IMPL = {"vmap": None, "per_seed": "per_seed", "im2col": "im2col", "map": None}
+_CONV_IMPL = {"vmap": None, "per_seed": "per_seed", "im2col": "im2col", "unrolled": None, "map": None}
 
-# Measured choice per backend (benchmarks/README.md, "Many seeds"). CPU: per_seed keeps every convolution
-# an ordinary XLA convolution and reached K=8 at <= 1.0x the per-seed cost of one seed, where vmap's grouped
-# convolutions cost several times more. Accelerators: not measured in this project yet; vmap keeps one
-# (grouped) kernel launch per layer instead of K, which is what cuDNN/TPU convolutions are built for.
-_AUTO = {"cpu": "per_seed"}
+# Measured choice per backend (benchmarks/README.md, "Many seeds"). CPU: unrolled ran K=8 seeds at 0.78x
+# (K=2: 0.84x) the per-seed cost of a single-seed step at batch 8, 128², base 16, and K=3 at 0.84x on the
+# quick study's small model; per_seed 0.93-1.26x, vmap's grouped convolutions 2.05x, lax.map ~20x. Its
+# compile time grows with K (27 s at K=2, 75 s at K=8 for that model): for K well above 8, per_seed
+# compiles faster. Accelerators: not measured in this project yet; vmap keeps one (grouped) kernel launch
+# per layer instead of K, which is what cuDNN/TPU convolutions are built for.
+_AUTO = {"cpu": "unrolled"}
 _AUTO_DEFAULT = "vmap"
 
 
@@ -90,11 +97,19 @@ def stack_step(step_fn: Callable, strategy: str, shared_batch: bool = True) -> C
     the strategy). ``shared_batch``: the batch has no seed axis (every seed sees it); else (K, B, ...).
     """
     strategy = check_strategy(strategy)
+    if strategy == "unrolled":
+        return functools.partial(_unrolled_step, step_fn, shared_batch)
     if strategy != "map":
         return jax.vmap(step_fn, in_axes=(0, None if shared_batch else 0))
     if shared_batch:
         return lambda state, batch: jax.lax.map(lambda s: step_fn(s, batch), state)
     return lambda state, batch: jax.lax.map(lambda sb: step_fn(*sb), (state, batch))
+
+
+def _unrolled_step(step_fn: Callable, shared_batch: bool, state, batch):
+    members = [step_fn(unstack_state(state, n), batch if shared_batch else unstack_state(batch, n))
+               for n in range(num_seeds(state))]
+    return stack_states([m[0] for m in members]), stack_states([m[1] for m in members])
 
 
 def stacked_step_function(model, config, frozen_parts: Iterable[str] = (), *, strategy: str = "auto",
@@ -104,11 +119,13 @@ def stacked_step_function(model, config, frozen_parts: Iterable[str] = (), *, st
     ``(stacked state, batch) -> (stacked state, {"loss": (K,), "grad_norm": (K,)})``; ``axis_name`` is passed
     to the single-seed step (pmap over devices). Callers jit, shard or pmap it.
     """
-    from jaxfcn.train.step import train_step_function
+    from jaxfcn.train.step import memoized, train_step_function
 
     strategy = check_strategy(strategy)
-    step = train_step_function(model_for_strategy(model, strategy), config, frozen_parts, axis_name=axis_name)
-    return stack_step(step, strategy, shared_batch)
+    model = model_for_strategy(model, strategy)
+    frozen_parts = tuple(frozen_parts)
+    return memoized("stacked_step", model, config, (frozen_parts, strategy, shared_batch, axis_name), lambda: stack_step(
+        train_step_function(model, config, frozen_parts, axis_name=axis_name), strategy, shared_batch))
 
 
 def make_seeds_train_step(model, config, frozen_parts: Iterable[str] = (), strategy: str = "auto",

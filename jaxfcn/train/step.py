@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable, Iterable
 
 import flax.struct
@@ -110,21 +111,57 @@ def init_train_state(model, config, frozen_parts: Iterable[str] = (), params=Non
     with the step number, which starts at 1 (so init and augmentation never share a key).
     """
     base = seed_key(config.train.seed) if rng is None else rng
-    shape = input_shape(config.model, config.data, batch=1)
-    tx = make_optimizer(config.train, frozen_parts)
+    return _init_program(model, config, tuple(frozen_parts))(base, params)
 
-    # One jitted program (eager init compiles every small op separately), compiled without XLA's expensive
-    # backend optimisations: it runs once, and XLA:CPU needs ~10-30 s to optimise the threefry/erfinv code
-    # of the initialisers (measured: 7 s → 1.5 s for the tiny test model). The values are a deterministic
-    # function of (config, seed), since this is the only path that initialises a run.
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-    def init(base, params):
-        variables = init_variables(model, jax.random.fold_in(jax.random.wrap_key_data(base), 0), shape)
-        params = variables["params"] if params is None else params
-        return TrainState(params=params, opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
-                          step=jnp.zeros((), jnp.int32), rng=base)
 
-    return init(base, params)
+# Config keys that differ between the runs of a study (or the seeds of a program) without changing any
+# program: the seed is an argument (the state's rng), the init source gives values, the task and training
+# subset give data. A study's conditions therefore share one traced step and one traced initialisation.
+PER_RUN_KEYS = {"train": ("seed", "num_seeds", "init", "init_step"), "data": ("task", "train_size")}
+_PROGRAMS: dict = {}
+
+
+def program_key(config) -> str:
+    """``config`` as JSON without the per-run keys (and without the study grid)."""
+    tree = {section: dict(values) for section, values in config.to_dict().items() if section != "study"}
+    for section, keys in PER_RUN_KEYS.items():
+        for key in keys:
+            tree.get(section, {}).pop(key, None)
+    return json.dumps(tree, sort_keys=True, default=list)
+
+
+def memoized(kind: str, model, config, extra: tuple, build: Callable[[], Callable]) -> Callable:
+    """The function ``build()`` made for (kind, model, config up to per-run keys, extra) in this process.
+
+    Rebuilding a jitted function or a closure for every run would retrace it (seconds per run on CPU);
+    reusing it lets JAX's own caches serve every run of the same architecture and settings.
+    """
+    key = (kind, model, program_key(config), extra)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = build()
+    return _PROGRAMS[key]
+
+
+def _init_program(model, config, frozen_parts: tuple) -> Callable:
+    def build():
+        shape = input_shape(config.model, config.data, batch=1)
+        tx = make_optimizer(config.train, frozen_parts)
+
+        # One jitted program (eager init compiles every small op separately), compiled without XLA's
+        # expensive backend optimisations: it runs once per run, and XLA:CPU needs ~10-30 s to optimise the
+        # threefry/erfinv code of the initialisers (measured: 7 s → 1.5 s for the tiny test model). The
+        # values are a deterministic function of (config, seed), since this is the only path that
+        # initialises a run.
+        @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+        def init(base, params):
+            variables = init_variables(model, jax.random.fold_in(jax.random.wrap_key_data(base), 0), shape)
+            params = variables["params"] if params is None else params
+            return TrainState(params=params, opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+                              step=jnp.zeros((), jnp.int32), rng=base)
+
+        return init
+
+    return memoized("init", model, config, (frozen_parts,), build)
 
 
 def _augmenter(data_config) -> Callable[[jax.Array, dict], dict]:
@@ -160,6 +197,11 @@ def train_step_function(model, config, frozen_parts: Iterable[str] = (), axis_na
     behaviour), so only its running averages, averaged over devices, are shared.
     """
     frozen_parts = check_parts(frozen_parts, "frozen part")
+    return memoized("train_step", model, config, (frozen_parts, axis_name),
+                    lambda: _train_step_function(model, config, frozen_parts, axis_name))
+
+
+def _train_step_function(model, config, frozen_parts: tuple, axis_name: str | None):
     tx = make_optimizer(config.train, frozen_parts)
     augment = _augmenter(config.data)
     train_config = config.train
@@ -207,8 +249,10 @@ def train_step_function(model, config, frozen_parts: Iterable[str] = (), axis_na
     return train_step
 
 
+@functools.lru_cache(maxsize=16)
 def make_eval_step(model, num_classes: int) -> Callable[[dict, dict], jax.Array]:
-    """Jitted ``(variables, batch) -> (K, 3)`` pooled counts of :func:`~jaxfcn.train.metrics.confusion_counts`."""
+    """Jitted ``(variables, batch) -> (K, 3)`` pooled counts of :func:`~jaxfcn.train.metrics.confusion_counts`
+    (one per model and class count in a process, so the runs of a study share its traces)."""
 
     def eval_step(variables, batch):
         logits = model.apply(variables, batch["image"], train=False)
