@@ -44,6 +44,7 @@ VARIANTS = {
     "flax_groupnorm": ({}, {}, True),  # the step before this work: flax.linen.GroupNorm, XLA defaults
     "default": ({}, {}, False),
     "eigen_conv": ({}, YNN_DOTS_ONLY, False),
+    "eigen_reduce_window_pool": ({}, YNN_DOTS_ONLY, False),  # the step before the reshape max-pool
     "ynn_off": ({}, YNN_OFF, False),
     "per_seed": ({"conv_impl": "per_seed"}, {}, False),
     "per_seed_eigen": ({"conv_impl": "per_seed"}, YNN_DOTS_ONLY, False),
@@ -97,12 +98,28 @@ def flax_group_norm():
         layers.group_norm = saved
 
 
+@contextlib.contextmanager
+def reduce_window_pool():
+    """Swap jaxfcn's reshape max-pool for ``flax.linen.max_pool`` (the reduce_window formulation) while tracing."""
+    import flax.linen as nn
+
+    from jaxfcn.models import layers
+
+    saved = layers.max_pool
+    layers.max_pool = lambda x, window: nn.max_pool(x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))
+    try:
+        yield
+    finally:
+        layers.max_pool = saved
+
+
 def build_variant(config, name: str, frozen_parts=()):
     """(compiled step, initial state, batch) for ``VARIANTS[name]``; the state is donated at each call."""
     from jaxfcn.models import build_model
     from jaxfcn.train.step import init_train_state, make_train_step
 
     overrides, options, use_flax_gn = VARIANTS[name]
+    use_reduce_window = name.endswith("reduce_window_pool")
     c = config.copy_and_resolve_references()
     for key, value in overrides.items():
         c.model[key] = value
@@ -110,7 +127,8 @@ def build_variant(config, name: str, frozen_parts=()):
     step = make_train_step(model, c, frozen_parts)
     state = init_train_state(model, c, frozen_parts)
     batch = synthetic_batch(c)
-    with flax_group_norm() if use_flax_gn else contextlib.nullcontext():
+    with flax_group_norm() if use_flax_gn else contextlib.nullcontext(), \
+            reduce_window_pool() if use_reduce_window else contextlib.nullcontext():
         compiled = step.lower(state, batch).compile(compiler_options=options)
     return compiled, state, batch
 

@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.reinit_head = False
     c.train.freeze = ()  # e.g. ("encoder",)
     c.train.num_seeds = 1
-    c.train.seed_strategy = "auto"
+    c.train.seed_strategy = "auto"  # auto | vmap | per_seed | im2col | unrolled | map (jaxfcn.train.seeds)
     c.train.seed_data_order = "shared"  # shared | independent
     c.train.parallel = "auto"  # auto | none | pmap | sharding
 

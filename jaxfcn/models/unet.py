@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxfcn.models import layers
 from jaxfcn.models.layers import ConvND, Norm, UpConv, kernel_initializer
 
 
@@ -90,10 +91,9 @@ class Encoder(_Part):
     @nn.compact
     def __call__(self, x, train: bool):
         outputs = []
-        window = (2,) * self.spatial_dims
         for level in range(len(self.widths)):
             if level:
-                x = nn.max_pool(x, window, strides=window)
+                x = layers.max_pool(x, 2)  # via the module, so benchmarks can swap the formulation
             x = self.block(level)(x, train)
             outputs.append(x)
         return outputs

@@ -95,7 +95,8 @@ def add_program_arguments(p) -> None:
     g.add_argument("--seeds", type=_positive_int, metavar="K",
                    help="train seeds S..S+K-1 together in one program, in WORKDIR/seed_<n>/ (sets train.num_seeds)")
     g.add_argument("--seed-strategy", metavar="NAME",
-                   help="how K seeds share a step: auto (by backend), vmap, per_seed, im2col, map (sets train.seed_strategy)")
+                   help="how K seeds share a step: auto (CPU: unrolled; else vmap), vmap, per_seed, im2col, unrolled, map "
+                        "(sets train.seed_strategy)")
     g.add_argument("--parallel", choices=("auto", "none", "pmap", "sharding"),
                    help="data parallelism over devices; auto = sharding when >1 device (sets train.parallel)")
     g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N devices (default: all)")
