@@ -135,8 +135,8 @@ def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray])
             if run is None:
                 continue
             evo = representation_evolution(run.workdir, probes[task], layers)
-            out.setdefault(task_label(task), {})[regime] = {"seed": run.seed, "steps": evo["steps"], "vs_init": evo["vs_init"],
-                                                "vs_final": evo["vs_final"]}
+            out.setdefault(task_label(task), {})[regime] = {
+                "seed": run.seed, "steps": evo["steps"], "vs_init": evo["vs_init"], "vs_final": evo["vs_final"]}
     return out
 
 

@@ -347,7 +347,7 @@ class RunFiles:
         state = init_train_state(model, self.config, frozen)
         if step is not None:
             return checkpoint.restore_state(self.states, state, step)
-        init = self.init
+        init = self.init  # the checked --init source (None: random initialisation)
         if init is not None:
             source_params = checkpoint.load_params(init["source"], init["step"])
             state = init_train_state(model, self.config, frozen,
