@@ -38,22 +38,42 @@ import time
 # convolutions by default; listing only INDIVIDUAL_DOT sends convolutions back to XLA's Eigen kernels.
 YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# Dots and reductions to YNNPACK, convolutions to Eigen. Without REDUCE, XLA's tree-reduction rewrite turns
+# every large reduction (group-norm statistics, bias gradients) into a slow 32x32 reduce-window.
+YNN_DOTS_REDUCE = {"xla_cpu_experimental_ynn_fusion_type":
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+YNN_DOTS_REDUCE_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type":
+                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE"}
 
-# name: (model overrides, compiler options, use flax's GroupNorm formulation)
+# name: (model overrides, compiler options, earlier layer formulation for `formulation()`, or None)
+SCHED_OFF = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+SCHED_ON = {"xla_cpu_enable_concurrency_optimized_scheduler": True}
 VARIANTS = {
-    "flax_groupnorm": ({}, {}, True),  # the step before this work: flax.linen.GroupNorm, XLA defaults
-    "default": ({}, {}, False),
-    "eigen_conv": ({}, YNN_DOTS_ONLY, False),
-    "eigen_reduce_window_pool": ({}, YNN_DOTS_ONLY, False),  # the step before the reshape max-pool
-    "ynn_off": ({}, YNN_OFF, False),
-    "per_seed": ({"conv_impl": "per_seed"}, {}, False),
-    "per_seed_eigen": ({"conv_impl": "per_seed"}, YNN_DOTS_ONLY, False),
-    "im2col": ({"conv_impl": "im2col"}, {}, False),
-    "bf16": ({"compute_dtype": "bfloat16"}, {}, False),
-    "bf16_eigen": ({"compute_dtype": "bfloat16"}, YNN_DOTS_ONLY, False),
-    "onednn": ({}, {"xla_cpu_use_onednn": True}, False),
-    "fast_math": ({}, {"xla_cpu_enable_fast_math": True}, False),
-    "xnn_graph": ({}, {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"}, False),
+    "flax_groupnorm": ({}, {}, "flax_groupnorm"),  # the step before any of this work, XLA defaults
+    "default": ({}, {}, None),
+    "eigen_conv": ({}, YNN_DOTS_ONLY, None),
+    "eigen_reduce_window_pool": ({}, YNN_DOTS_ONLY, "reduce_window_pool"),
+    # the step before the memory-traffic changes: no YNNPACK reductions, autodiff group norm and ReLU,
+    # tie-splitting pool, gather cross-entropy
+    "before_ynn_reduce_pool_ce": ({}, YNN_DOTS_ONLY, "autodiff_pool+gather_ce+autodiff_groupnorm"),
+    "eigen_ynn_reduce": ({}, YNN_DOTS_REDUCE, None),
+    "eigen_ynn_reduce_autodiff_pool": ({}, YNN_DOTS_REDUCE, "autodiff_pool"),
+    "eigen_ynn_reduce_autodiff_groupnorm": ({}, YNN_DOTS_REDUCE, "autodiff_groupnorm"),
+    "eigen_ynn_reduce_eltwise": ({}, YNN_DOTS_REDUCE_ELTWISE, None),
+    "eigen_ynn_reduce_sched_off": ({}, {**YNN_DOTS_REDUCE, **SCHED_OFF}, None),
+    "eigen_ynn_reduce_sched_on": ({}, {**YNN_DOTS_REDUCE, **SCHED_ON}, None),
+    "eigen_ynn_reduce_single_thread_eigen": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_multi_thread_eigen": False}, None),
+    "ynn_off": ({}, YNN_OFF, None),
+    "per_seed": ({"conv_impl": "per_seed"}, {}, None),
+    "per_seed_eigen": ({"conv_impl": "per_seed"}, YNN_DOTS_ONLY, None),
+    "im2col": ({"conv_impl": "im2col"}, {}, None),
+    "bf16": ({"compute_dtype": "bfloat16"}, {}, None),
+    "bf16_eigen": ({"compute_dtype": "bfloat16"}, YNN_DOTS_REDUCE, None),
+    # XLA:CPU flags on top of the kept options (Eigen convolutions, YNNPACK dots and reductions)
+    "onednn": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_use_onednn": True}, None),
+    "fast_math": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_enable_fast_math": True}, None),
+    "xnn_graph": ({}, {**YNN_DOTS_REDUCE,
+                       "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"}, None),
 }
 QUICK_VARIANTS = ("flax_groupnorm", "default", "eigen_conv", "per_seed")
 
@@ -81,45 +101,68 @@ def synthetic_batch(config, seed: int = 0) -> dict:
 
 
 @contextlib.contextmanager
-def flax_group_norm():
-    """Trace the model with flax.linen.GroupNorm's formulation (same params, same function)."""
+def swapped(module, name: str, replacement):
+    """Temporarily replace ``module.name`` (a formulation the model looks up at trace time)."""
+    saved = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+def formulation(names: str | None):
+    """Context in which the model traces with earlier formulations of some layers (same params and function).
+
+    ``names`` joins any of these with ``+``: ``flax_groupnorm`` (flax.linen.GroupNorm), ``autodiff_groupnorm``
+    (jaxfcn's group norm differentiated by JAX, then a separate ReLU), ``reduce_window_pool``
+    (flax's max-pool), ``autodiff_pool`` (jaxfcn's reshape max-pool differentiated by JAX: tied maxima share
+    the gradient, in three passes), ``gather_ce`` (cross-entropy picking log p[label] with take_along_axis,
+    whose gradient is a scatter-add).
+    """
     import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
 
     from jaxfcn.models import layers
+    from jaxfcn.train import losses
 
-    def reference(x, scale, bias, groups, epsilon=1e-6):
+    def flax_norm(x, scale, bias, groups, epsilon=1e-6):
         return nn.GroupNorm(num_groups=groups, epsilon=epsilon).apply({"params": {"scale": scale, "bias": bias}}, x)
 
-    saved = layers.group_norm
-    layers.group_norm = reference
-    try:
-        yield
-    finally:
-        layers.group_norm = saved
+    def autodiff_norm(x, scale, bias, groups, epsilon=1e-6, relu=False):
+        y = layers._group_norm_fwd(x, scale, bias, groups, epsilon, False)[0]
+        return jax.nn.relu(y) if relu else y
 
+    def gather_ce(logits, labels, weight=None):
+        log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)
+        w = losses._example_weight(weight, labels)
+        return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
 
-@contextlib.contextmanager
-def reduce_window_pool():
-    """Swap jaxfcn's reshape max-pool for ``flax.linen.max_pool`` (the reduce_window formulation) while tracing."""
-    import flax.linen as nn
-
-    from jaxfcn.models import layers
-
-    saved = layers.max_pool
-    layers.max_pool = lambda x, window: nn.max_pool(x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))
-    try:
-        yield
-    finally:
-        layers.max_pool = saved
+    swaps = {
+        "flax_groupnorm": (layers, "group_norm", lambda x, scale, bias, groups, epsilon=1e-6, relu=False: (
+            jax.nn.relu if relu else (lambda y: y))(flax_norm(x, scale, bias, groups, epsilon))),
+        "autodiff_groupnorm": (layers, "group_norm", autodiff_norm),
+        "reduce_window_pool": (layers, "max_pool", lambda x, window: nn.max_pool(
+            x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))),
+        "autodiff_pool": (layers, "max_pool", lambda x, window: layers._max_pool_fwd(x, window)[0]),
+        "gather_ce": (losses, "cross_entropy", gather_ce),
+    }
+    stack = contextlib.ExitStack()
+    for name in (names or "").split("+"):
+        if name:
+            stack.enter_context(swapped(*swaps[name]))
+    return stack
 
 
 def build_variant(config, name: str, frozen_parts=()):
     """(compiled step, initial state, batch) for ``VARIANTS[name]``; the state is donated at each call."""
     from jaxfcn.models import build_model
-    from jaxfcn.train.step import init_train_state, make_train_step
+    from jaxfcn.train.step import clear_programs, init_train_state, make_train_step
 
-    overrides, options, use_flax_gn = VARIANTS[name]
-    use_reduce_window = name.endswith("reduce_window_pool")
+    overrides, options, earlier = VARIANTS[name]
+    clear_programs()  # variants share a config: without this the second would reuse the first's trace
     c = config.copy_and_resolve_references()
     for key, value in overrides.items():
         c.model[key] = value
@@ -127,8 +170,7 @@ def build_variant(config, name: str, frozen_parts=()):
     step = make_train_step(model, c, frozen_parts)
     state = init_train_state(model, c, frozen_parts)
     batch = synthetic_batch(c)
-    with flax_group_norm() if use_flax_gn else contextlib.nullcontext(), \
-            reduce_window_pool() if use_reduce_window else contextlib.nullcontext():
+    with formulation(earlier):
         compiled = step.lower(state, batch).compile(compiler_options=options)
     return compiled, state, batch
 
@@ -169,10 +211,15 @@ def step_runner(compiled, state, batch):
     return run
 
 
-def flops_of(compiled) -> float:
+def cost_of(compiled) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) of one call, from XLA's cost analysis of the compiled program.
+
+    On this project's CPU VM the step streams its activations from DRAM at ~3.5 GB/s (8 MB tensors stay in
+    the 32 MB L3 only in isolation), so bytes accessed predicts the step time better than FLOPs.
+    """
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0))
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
 def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
@@ -247,35 +294,36 @@ def _called_ops(comps: dict, line: str) -> list[str]:
     return ops
 
 
-def categorize(ops: list[str], op_name: str, shape: str) -> str:
-    """A human category for one top-level HLO instruction, from its ops and its JAX source op name."""
-    backward = "transpose(" in op_name
-    if "convolution" in ops:
-        if not backward:
-            return "conv forward"
-        dims = [int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1].split("]", 1)[0])] if "[" in shape else []
-        # the kernel gradient is kernel-shaped: small spatial window
-        return "conv kernel-grad" if len(dims) >= 4 and max(dims[1:-1]) <= 7 else "conv input-grad"
-    if "dot" in ops:
-        where = "upconv" if "/up_" in op_name else "head" if "/head/" in op_name else "dot"
-        return f"{where} dot {'backward' if backward else 'forward'}"
-    if "GroupNorm" in op_name or "/norm_" in op_name:
-        return "groupnorm " + ("backward" if backward else "forward")
-    if {"reduce-window", "select-and-scatter"} & set(ops) or "max_pool" in op_name:
-        return "max-pool"
-    if "relu" in op_name or ("select_n" in op_name and "block_" in op_name):
-        return "relu"
-    if "UNet" not in op_name:
-        if "jvp(" in op_name or "softmax" in op_name or "one_hot" in op_name or "take_along_axis" in op_name:
-            return "loss"
-        if ops and set(ops) <= {"iota", "fusion"}:
-            return "iota (max-pool indices)"
-        return "optimizer/other"
-    if set(ops) <= {"transpose", "copy", "bitcast", "fusion", "parameter"}:
-        return "layout copy"
-    if {"concatenate", "slice", "pad"} & set(ops):
-        return "concat/slice/pad"
-    return "other"
+def categorize(op: str, inner_ops: list[str], backend_config: str, op_name: str) -> str:
+    """``"<thunk kind> · <forward|backward>"`` for one top-level HLO instruction of the step.
+
+    The kind comes from what the thunk runs, not from the JAX op name (which names the source op, and
+    fusions that recompute a forward value inside a backward transpose would be mislabelled):
+    ``convolution`` (an Eigen convolution; its thunk event only covers the launch, see :func:`profile`),
+    ``YNNPACK dot`` / ``YNNPACK reduce`` (library fusions), ``XLA dot``, ``transpose/copy`` (a fusion that moves
+    data into another layout, typically a convolution kernel-gradient operand), ``scatter/gather``,
+    ``elementwise`` (loop fusions: norm, ReLU, max-pool, loss, optimizer) and ``other``.
+    """
+    # XLA-inserted layout copies carry no JAX op name
+    direction = "backward" if "transpose(" in op_name else "forward" if op_name else "no source op"
+    inner = set(inner_ops) - {"parameter", "constant", "bitcast", "broadcast", "tuple", "get-tuple-element"}
+    if op == "convolution":
+        kind = "convolution"
+    elif "__ynn_fusion" in backend_config:
+        kind = "YNNPACK dot" if "dot" in inner else "YNNPACK reduce" if "reduce" in inner else "YNNPACK other"
+    elif op == "dot" or "dot" in inner:
+        kind = "XLA dot"
+    elif "transpose" in inner or op in ("transpose", "copy"):
+        kind = "transpose/copy"
+    elif {"scatter", "gather"} & inner or op in ("scatter", "gather"):
+        kind = "scatter/gather"
+    elif op == "fusion":
+        kind = "elementwise"
+    else:
+        kind = "other"
+    if "UNet" not in op_name and kind == "elementwise":
+        kind = "elementwise (loss/optimizer)"
+    return f"{kind} · {direction}"
 
 
 def hlo_categories(hlo_text: str) -> dict:
@@ -287,14 +335,36 @@ def hlo_categories(hlo_text: str) -> dict:
         if not m:
             continue
         name, shape, op = m.groups()
+        if op in ("parameter", "constant", "bitcast", "tuple", "get-tuple-element"):
+            continue
         op_name = re.search(r'op_name="([^"]*)"', line)
         op_name = op_name.group(1) if op_name else ""
-        info[name] = (categorize([op] + _called_ops(comps, line), op_name, shape), op_name, shape)
+        info[name] = (categorize(op, _called_ops(comps, line), line, op_name), op_name, shape)
     return info
 
 
+def _union_ms(intervals: list[tuple[int, int]]) -> float:
+    """Milliseconds covered by the union of (start_ns, end_ns) intervals."""
+    covered, end = 0, None
+    for start, stop in sorted(intervals):
+        if end is None or start > end:
+            covered += stop - start
+            end = stop
+        elif stop > end:
+            covered += stop - end
+            end = stop
+    return covered / 1e6
+
+
 def profile(config, name: str, steps: int = 5) -> dict:
-    """Per-category milliseconds of XLA thunks per step (jax profiler trace of ``steps`` steps)."""
+    """Where one compiled step spends its time (jax profiler trace of ``steps`` steps), per step.
+
+    - ``categories``: summed thunk time per :func:`categorize` category, over both worker threads.
+    - ``busy_ms``: wall time during which at least one named thunk runs; ``idle_ms = wall − busy``.
+      XLA:CPU's Eigen convolution thunks return once the convolution is launched and complete
+      asynchronously, so their events are short: nearly all convolution time falls in ``idle_ms``,
+      when no other thunk can run because everything waits on the convolution.
+    """
     import jax
 
     compiled, state, batch = build_variant(config, name)
@@ -303,24 +373,28 @@ def profile(config, name: str, steps: int = 5) -> dict:
     run(), run()
     trace_dir = tempfile.mkdtemp(prefix="jaxfcn_profile_")
     jax.profiler.start_trace(trace_dir)
+    t0 = time.perf_counter()
     for _ in range(steps):
         run()
+    wall_ms = (time.perf_counter() - t0) / steps * 1e3
     jax.profiler.stop_trace()
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
     data = jax.profiler.ProfileData.from_file(path)
-    per_category = collections.Counter()
-    per_op = collections.Counter()
+    per_category, per_op, intervals = collections.Counter(), collections.Counter(), []
     for plane in data.planes:
         for line in plane.lines:
             for event in line.events:
-                if event.name in info:
-                    category, op_name, shape = info[event.name]
-                    per_category[category] += event.duration_ns / steps / 1e6
-                    short = op_name.split("UNet)")[-1].split("/conv_general_dilated")[0]
-                    per_op[f"{category}: {short} {shape.split('{')[0]}"] += event.duration_ns / steps / 1e6
+                if event.name not in info:
+                    continue
+                category, op_name, shape = info[event.name]
+                per_category[category] += event.duration_ns / steps / 1e6
+                short = op_name.split("UNet)")[-1].split("/conv_general_dilated")[0]
+                per_op[f"{category}: {short} {shape.split('{')[0]}"] += event.duration_ns / steps / 1e6
+                intervals.append((event.start_ns, event.start_ns + event.duration_ns))
     shutil.rmtree(trace_dir, ignore_errors=True)
-    total = sum(per_category.values())
-    return {"variant": name, "thunk_ms_per_step": total,
+    busy = _union_ms(intervals) / steps
+    return {"variant": name, "wall_ms": wall_ms, "thunk_ms_per_step": sum(per_category.values()),
+            "busy_ms": busy, "idle_ms": wall_ms - busy,
             "categories": {k: round(v, 2) for k, v in per_category.most_common()},
             "top_ops": {k: round(v, 2) for k, v in per_op.most_common(25)}}
 
@@ -406,7 +480,9 @@ def main(argv=None) -> dict:
     print(json.dumps(result["machine"]))
     if args.profile:
         result["profile"] = prof = profile(config, args.profile)
-        print(f"profile of '{args.profile}': {prof['thunk_ms_per_step']:.1f} ms of XLA thunks per step")
+        print(f"profile of '{args.profile}': {prof['wall_ms']:.1f} ms wall per step (under the profiler); "
+              f"{prof['busy_ms']:.1f} ms with a named thunk running, {prof['idle_ms']:.1f} ms without "
+              f"(asynchronous convolutions); {prof['thunk_ms_per_step']:.1f} ms of thunk time on both threads")
         for k, v in prof["categories"].items():
             print(f"  {v:8.1f} ms  {100 * v / prof['thunk_ms_per_step']:5.1f}%  {k}")
         print("top ops:")
@@ -418,25 +494,27 @@ def main(argv=None) -> dict:
         names = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
         rounds = args.rounds or (5 if args.quick else 10)
         frozen = ("encoder",) if args.frozen_encoder else ()
-        runners, flops = {}, {}
+        runners, flops, traffic = {}, {}, {}
         for name in names:
             t = time.perf_counter()
             compiled, state, batch = build_variant(config, name, frozen)
-            flops[name] = flops_of(compiled)
+            flops[name], traffic[name] = cost_of(compiled)
             runners[name] = step_runner(compiled, state, batch)
-            print(f"compiled {name} in {time.perf_counter() - t:.1f} s ({flops[name] / 1e9:.1f} GFLOP/step)", flush=True)
+            print(f"compiled {name} in {time.perf_counter() - t:.1f} s ({flops[name] / 1e9:.1f} GFLOP/step, "
+                  f"{traffic[name] / 1e9:.2f} GB accessed/step)", flush=True)
         if args.torch:
             runners["torch_channels_last"] = torch_runner(config)
         times = interleaved(runners, rounds)
         peak = matmul_gflops()
         result.update(rounds=rounds, frozen=list(frozen), matmul_gflops=peak, variants={})
-        print(f"\n{'variant':22s} {'wall ms':>9s} {'cpu ms':>9s} {'÷ first':>8s} {'cpu ÷ first':>11s}  GFLOP/s(wall)")
+        print(f"\n{'variant':38s} {'wall ms':>9s} {'cpu ms':>9s} {'÷ first':>8s} {'cpu ÷ first':>11s} "
+              f"{'GFLOP/s':>8s} {'GB/step':>8s}")
         for name, t in times.items():
             f = flops.get(name, flops[names[0]])
-            row = dict(t, gflop=f / 1e9, gflops=f / 1e6 / t["wall_ms"])
+            row = dict(t, gflop=f / 1e9, gflops=f / 1e6 / t["wall_ms"], gb_accessed=traffic.get(name, 0.0) / 1e9)
             result["variants"][name] = row
-            print(f"{name:22s} {t['wall_ms']:9.1f} {t['cpu_ms']:9.1f} {t['ratio']:8.2f} {t['cpu_ratio']:11.2f}  "
-                  f"{row['gflops']:.1f}")
+            print(f"{name:38s} {t['wall_ms']:9.1f} {t['cpu_ms']:9.1f} {t['ratio']:8.2f} {t['cpu_ratio']:11.2f} "
+                  f"{row['gflops']:8.1f} {row['gb_accessed']:8.2f}")
         print(f"matmul peak on this machine now: {peak:.1f} GFLOP/s; load average {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

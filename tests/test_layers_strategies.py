@@ -1,5 +1,6 @@
-"""Every convolution strategy computes the XLA convolution (values and gradients, vmapped or not), and the
-fast group norm computes flax's GroupNorm."""
+"""Every convolution strategy computes the XLA convolution (values and gradients, vmapped or not), the
+fast group norm computes flax's GroupNorm (with its hand-written gradient equal to autodiff of flax's), and
+the max-pool computes flax's max_pool with its gradient."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxfcn.models import UNet
-from jaxfcn.models.layers import CONV_FUNCTIONS, CONV_IMPLS, Norm, xla_conv
+from jaxfcn.models.layers import CONV_FUNCTIONS, CONV_IMPLS, Norm, group_norm, max_pool, xla_conv
 
 
 def close(a, b, rel=1e-5):
@@ -119,3 +120,55 @@ def test_group_norm_equals_flax(kind, shape, groups, dtype):
     close(g[1], g_ref[1], 10 * rel)
     for a, b in zip(jax.tree.leaves(g[0]), jax.tree.leaves(g_ref[0])):
         close(a, b, 10 * rel)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12, 3), (2, 4, 6, 8, 2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_equals_reduce_window_values_and_gradient(shape, ties):
+    """Forward and gradient bitwise equal to flax's reduce_window max-pool, whose select-and-scatter sends
+    each block's gradient to its first maximum; ``ties`` makes blocks with repeated maxima (rounded,
+    ReLU-clipped values, as in the U-Net), where an even split would differ."""
+    x = jax.random.normal(jax.random.key(len(shape)), shape)
+    if ties:
+        x = jnp.maximum(jnp.round(2 * x) / 2, 0.0)
+    window = (2,) * (len(shape) - 2)
+    dy = jax.random.normal(jax.random.key(7), jax.eval_shape(max_pool, x).shape)
+    y, vjp = jax.vjp(max_pool, x)
+    ref, ref_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides=window), x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(vjp(dy)[0]), np.asarray(ref_vjp(dy)[0]))
+    if ties:  # the case is real: some block holds a repeated maximum
+        blocks = np.asarray(x).reshape(shape[0], *[d for s in shape[1:-1] for d in (s // 2, 2)], shape[-1])
+        is_max = blocks == np.expand_dims(np.asarray(y), tuple(2 + 2 * i for i in range(len(shape) - 2)))
+        assert (is_max.sum(axis=tuple(2 + 2 * i for i in range(len(shape) - 2))) > 1).any()
+
+
+def test_max_pool_rejects_indivisible_shape():
+    with pytest.raises(ValueError, match="not divisible"):
+        max_pool(jnp.zeros((1, 6, 5, 2)))
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 8), 4), ((2, 3, 4, 5, 6), 3), ((3, 4, 4, 4), 4)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_group_norm_gradient_equals_autodiff_of_flax(shape, groups, relu):
+    """The hand-written VJP (x, scale, bias) against JAX differentiating flax.linen.GroupNorm (+ ReLU), in
+    float64 on the reference side so the comparison is not limited by the reference's own rounding."""
+    ks = jax.random.split(jax.random.key(sum(shape)), 4)
+    x = 2.0 * jax.random.normal(ks[0], shape) + 0.3
+    scale = 1.0 + 0.2 * jax.random.normal(ks[1], shape[-1:])
+    bias = 0.2 * jax.random.normal(ks[2], shape[-1:])
+    dy = jax.random.normal(ks[3], shape)
+
+    def ours(x, scale, bias):
+        return jnp.sum(group_norm(x, scale, bias, groups, relu=relu) * dy)
+
+    def theirs(x, scale, bias):
+        y = nn.GroupNorm(num_groups=groups, dtype=jnp.float64, param_dtype=jnp.float64).apply(
+            {"params": {"scale": scale, "bias": bias}}, x)
+        return jnp.sum((jax.nn.relu(y) if relu else y) * dy.astype(jnp.float64))
+
+    with jax.enable_x64():
+        expected = jax.grad(theirs, (0, 1, 2))(*(np.asarray(a, np.float64) for a in (x, scale, bias)))
+    got = jax.grad(ours, (0, 1, 2))(x, scale, bias)
+    for g, e in zip(got, expected):
+        close(g, e, rel=2e-5)

@@ -18,6 +18,7 @@ the same for all, only the XLA program differs; measurements in ``benchmarks/REA
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -27,11 +28,14 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col", "per_seed")
 
-# XLA:CPU (jaxlib 0.10) sends 2D float32 convolutions to YNNPACK by default. Listing only INDIVIDUAL_DOT keeps
-# YNNPACK for matmuls and gives convolutions back to XLA's Eigen kernels, which measured faster on this
-# project's CPU for every U-Net layer: forward 0.65x, kernel-gradient 0.6x, input-gradient 1.0x CPU time
+# XLA:CPU (jaxlib 0.10) sends 2D float32 convolutions to YNNPACK by default. Listing only INDIVIDUAL_DOT and
+# REDUCE keeps YNNPACK for matmuls and reductions and gives convolutions back to XLA's Eigen kernels, which
+# measured faster on this project's CPU for every U-Net layer: forward 0.65x, kernel-gradient 0.6x,
+# input-gradient 1.0x CPU time. REDUCE must stay listed: without it XLA rewrites every large reduction (the
+# group-norm statistics and their gradients) into a 32x32 reduce-window that took 56 ms of a 580 ms step
 # (benchmarks/README.md, "CPU convolution strategies"). Same numbers up to summation order.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options(backend: str | None = None) -> dict:
@@ -260,43 +264,151 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     a reshape and a max over the block axes, not a ``reduce_window``: XLA:CPU differentiates reduce_window
     max with a select-and-gather over packed (value, index) pairs that took a third of the U-Net train step
     (139 of 417 ms of thunk time, jax profiler, benchmarks/README.md). The forward values are identical.
-    Gradients differ only where a block has tied maxima: reduce_window sends the whole gradient to one of
-    them, this splits it evenly. In the U-Net every pooled input comes out of a ReLU, so ties are zeros,
-    and their gradient is zeroed by the ReLU anyway.
+
+    The gradient (:func:`_max_pool_bwd`) goes, in each block, to the *first* maximal element in row-major
+    order of the block offsets, as reduce_window's select-and-scatter and PyTorch's ``max_pool`` do, and is
+    computed in one elementwise pass. Differentiating the reshape-max instead would split it evenly
+    between tied maxima, in three passes (mask, tie count, division) over the activation.
     """
     spatial = x.shape[1:-1]
     if any(size % window for size in spatial):
         raise ValueError(f"max_pool: spatial shape {spatial} is not divisible by the window {window}")
-    blocks = [d for size in spatial for d in (size // window, window)]
-    y = x.reshape(x.shape[0], *blocks, x.shape[-1])
-    return jnp.max(y, axis=tuple(2 + 2 * i for i in range(len(spatial))))
+    return _max_pool(x, window)
 
 
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float = 1e-6) -> jax.Array:
-    """Group normalisation, the function of ``flax.linen.GroupNorm`` (fast variance, float32 statistics).
+def _blocks(x: jax.Array, window: int) -> jax.Array:
+    """(N, S1, …, Sd, C) -> (N, S1/w, w, …, Sd/w, w, C): block index and offset interleaved per axis."""
+    blocks = [d for size in x.shape[1:-1] for d in (size // window, window)]
+    return x.reshape(x.shape[0], *blocks, x.shape[-1])
+
+
+def _offset_axes(ndim: int) -> tuple[int, ...]:
+    """Axes of the block offsets in :func:`_blocks`'s view of an ``ndim``-dimensional activation."""
+    return tuple(2 + 2 * i for i in range(ndim - 2))
+
+
+def _max_pool_fwd(x, window):
+    y = jnp.max(_blocks(x, window), axis=_offset_axes(x.ndim))
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, residuals, dy):
+    x, y = residuals
+    axes = _offset_axes(x.ndim)
+    blocks = _blocks(x, window)
+    is_max = blocks == jnp.expand_dims(y, axes)
+    # Row-major index of each element's offset within its block: k = Σ_i o_i · w^(d-1-i).
+    shape = [1] * blocks.ndim
+    index = jnp.zeros((), jnp.int32)
+    for i, axis in enumerate(axes):
+        offset_shape = list(shape)
+        offset_shape[axis] = window
+        index = index + jax.lax.broadcasted_iota(jnp.int32, offset_shape, axis) * window ** (len(axes) - 1 - i)
+    # An element gets the gradient if it is a maximum and no maximum precedes it in its block.
+    preceded = jnp.zeros(blocks.shape, bool)
+    for k, offsets in enumerate(itertools.product(range(window), repeat=len(axes))):
+        at_k = tuple(slice(None) if a not in axes else slice(offsets[axes.index(a)], offsets[axes.index(a)] + 1)
+                     for a in range(blocks.ndim))
+        preceded = preceded | (is_max[at_k] & (index > k))
+    dx = jnp.where(is_max & ~preceded, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype))
+    return (dx.reshape(x.shape),)
+
+
+_max_pool = jax.custom_vjp(lambda x, window: _max_pool_fwd(x, window)[0], nondiff_argnums=(1,))
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float = 1e-6,
+               relu: bool = False) -> jax.Array:
+    """Group normalisation, the function of ``flax.linen.GroupNorm`` (fast variance, float32 statistics),
+    optionally followed by a ReLU (``relu=True`` computes ``max(0, group_norm(x))`` in the same pass).
 
     With ``G`` groups of ``C/G`` channels and ``m = |S|·C/G`` values per (example, group)::
 
-        mean = Σ x / m,  var = max(0, Σ x² / m − mean²),  y = (x − mean) · rsqrt(var + ε) · scale + bias
+        mean = Σ x / m,  var = max(0, Σ x² / m − mean²),  rstd = (var + ε)^-½
+        y = (x − mean) · rstd · scale + bias  =  x · a + b   with  a = rstd · scale,  b = bias − mean · a
 
-    Computed as per-channel sums over the spatial axes, then a sum over each group's channels. The
-    reductions keep channels minor (contiguous), which XLA:CPU vectorises and parallelises; flax reduces a
-    (…, G, C/G) view whose minor axis is only C/G long, which measured 4-8× slower (benchmarks/README.md).
-    Returns float32 statistics applied in ``promote(x.dtype, float32)``; the caller casts the result.
+    Statistics are per-channel sums over the spatial axes, then a sum over each group's channels: the
+    reductions keep channels minor (contiguous), which XLA:CPU vectorises; flax reduces a (…, G, C/G) view
+    whose minor axis is only C/G long, which measured 4-8× slower (benchmarks/README.md).
+
+    The gradient is written by hand (:func:`_group_norm_bwd`): with ``g`` the incoming gradient (zeroed
+    where the ReLU was off), ``x̂ = (x − mean) · rstd`` and, per (example, group), ``μ₁ = Σ g·scale / m`` and
+    ``μ₂ = Σ g·scale·x̂ / m``::
+
+        dx = rstd · (g · scale − μ₁ − x̂ · μ₂),   dscale = Σ_{N,S} g · x̂,   dbias = Σ_{N,S} g
+
+    XLA's cost analysis puts it at 92 MB of memory traffic for an (8, 128, 128, 16) activation, against
+    134 MB for differentiating the forward formula (0.6× the time in isolation); the CPU train step is
+    bound by memory traffic (benchmarks/README.md, "the CPU gap"). Where the variance is clamped at 0 (a constant group), autodiff
+    would give that group's variance no gradient; this formula differentiates ``var + ε`` as if unclamped
+    (both are then dominated by ``ε``). Returns float32 statistics applied in ``promote(x.dtype, float32)``;
+    the caller casts the result.
     """
-    n, channels = x.shape[0], x.shape[-1]
+    return _group_norm(x, scale, bias, groups, epsilon, relu)
+
+
+def _group_stats(xs: jax.Array, groups: int, epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """Per-(example, channel) group mean and rstd, each (N, C), of float32 ``xs``."""
+    n, channels = xs.shape[0], xs.shape[-1]
     size = channels // groups
-    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    xs = x.astype(stat_dtype)
-    axes = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[1:-1]) * size
+    axes = tuple(range(1, xs.ndim - 1))
+    count = math.prod(xs.shape[1:-1]) * size
     mean = jnp.sum(xs, axes).reshape(n, groups, size).sum(-1) / count
     mean_sq = jnp.sum(xs * xs, axes).reshape(n, groups, size).sum(-1) / count
-    var = jnp.maximum(0.0, mean_sq - mean * mean)
-    shape = (n,) + (1,) * len(axes) + (channels,)
-    mean = jnp.repeat(mean, size, axis=-1).reshape(shape)
-    mul = (jax.lax.rsqrt(jnp.repeat(var, size, axis=-1) + epsilon) * scale).reshape(shape)
-    return (xs - mean) * mul + bias
+    rstd = jax.lax.rsqrt(jnp.maximum(0.0, mean_sq - mean * mean) + epsilon)
+    return jnp.repeat(mean, size, axis=-1), jnp.repeat(rstd, size, axis=-1)
+
+
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+    """(N, C) -> (N, 1, …, 1, C), broadcastable against an (N, *S, C) activation."""
+    return v.reshape(v.shape[0], *(1,) * (ndim - 2), v.shape[-1])
+
+
+def _group_sum(v: jax.Array, groups: int) -> jax.Array:
+    """(N, C) -> (N, C): each channel gets the sum over its group's channels."""
+    n, channels = v.shape
+    return jnp.repeat(v.reshape(n, groups, channels // groups).sum(-1), channels // groups, axis=-1)
+
+
+def _group_norm_fwd(x, scale, bias, groups, epsilon, relu):
+    xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, rstd = _group_stats(xs, groups, epsilon)
+    a = rstd * scale
+    b = bias - mean * a
+    y = xs * _per_channel(a, x.ndim) + _per_channel(b, x.ndim)
+    if relu:
+        y = jnp.maximum(y, 0.0)
+    return y, (x, scale, mean, rstd, a, b)
+
+
+def _group_norm_bwd(groups, epsilon, relu, residuals, g):
+    x, scale, mean, rstd, a, b = residuals
+    ndim = x.ndim
+    xs = x.astype(g.dtype)
+    if relu:  # the ReLU's gradient, from the recomputed pre-activation (cheaper than storing a mask)
+        g = jnp.where(xs * _per_channel(a, ndim) + _per_channel(b, ndim) > 0, g, 0.0)
+    axes = tuple(range(1, ndim - 1))
+    # Per (example, channel): Σ g and Σ g·x̂ = rstd·(Σ g·x − mean·Σ g). Summing g·x rather than g·x̂ lets
+    # XLA:CPU hand the product and its sum to one library reduction over the stored g and x.
+    sum_g = jnp.sum(g, axes)
+    sum_g_xhat = rstd * (jnp.sum(g * xs, axes) - mean * sum_g)
+    count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
+    mu1 = _group_sum(sum_g * scale, groups) / count
+    mu2 = _group_sum(sum_g_xhat * scale, groups) / count
+    # dx = rstd·(g·scale − μ₁ − x̂·μ₂), expanded into one multiply-add per element: g·a + x·u + v
+    u = -rstd * rstd * mu2
+    v = rstd * (mean * rstd * mu2 - mu1)
+    dx = g * _per_channel(a, ndim) + xs * _per_channel(u, ndim) + _per_channel(v, ndim)
+    # The parameter gradients sum the (N, C) partial sums over examples as a product with ones: written as
+    # a sum, XLA merges it with the spatial sum into a second full pass over the activation.
+    ones = jnp.ones((x.shape[0],), sum_g.dtype)
+    return dx.astype(x.dtype), ones @ sum_g_xhat, ones @ sum_g
+
+
+_group_norm = jax.custom_vjp(lambda x, scale, bias, groups, epsilon, relu:
+                             _group_norm_fwd(x, scale, bias, groups, epsilon, relu)[0], nondiff_argnums=(3, 4, 5))
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 class GroupNorm(nn.Module):
@@ -305,6 +417,7 @@ class GroupNorm(nn.Module):
     groups: int
     epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    relu: bool = False  # fuse a following ReLU (same function, one pass fewer each way)
 
     @nn.compact
     def __call__(self, x):
@@ -313,7 +426,7 @@ class GroupNorm(nn.Module):
             raise ValueError(f"{self.groups} groups do not divide {channels} channels")
         scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-        return group_norm(x, scale, bias, self.groups, self.epsilon).astype(self.dtype)
+        return group_norm(x, scale, bias, self.groups, self.epsilon, relu=self.relu).astype(self.dtype)
 
 
 class Norm(nn.Module):
@@ -328,21 +441,21 @@ class Norm(nn.Module):
     kind: str
     groups: int = 8
     dtype: jnp.dtype = jnp.float32
+    relu: bool = False  # apply a ReLU after the norm (fused into group/instance norm)
 
     @nn.compact
     def __call__(self, x, train: bool):
         c = x.shape[-1]
-        if self.kind == "group":
-            g = min(self.groups, c)
+        if self.kind in ("group", "instance"):
+            g = c if self.kind == "instance" else min(self.groups, c)
             while c % g:
                 g -= 1
             # Named like flax's GroupNorm submodule so checkpoints and the PyTorch twin see the same tree.
-            return GroupNorm(g, dtype=self.dtype, name="GroupNorm_0")(x)
-        if self.kind == "instance":
-            return GroupNorm(c, dtype=self.dtype, name="GroupNorm_0")(x)
+            return GroupNorm(g, dtype=self.dtype, relu=self.relu, name="GroupNorm_0")(x)
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                                param_dtype=jnp.float32)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                             param_dtype=jnp.float32)(x)
+            return jax.nn.relu(x) if self.relu else x
         if self.kind == "none":
-            return x
+            return jax.nn.relu(x) if self.relu else x
         raise ValueError(f"unknown norm '{self.kind}' (group | instance | batch | none)")

@@ -56,12 +56,14 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         act = _activation(self.activation)
+        fuse_relu = self.activation == "relu"  # the norm applies it in the same pass (layers.group_norm)
         for j in range(self.convs):
             x = ConvND(self.features, self.kernel_size, use_bias=self.norm == "none",
                        kernel_init=kernel_initializer(self.kernel_init), impl=self.conv_impl,
                        dtype=self.dtype, name=f"conv_{j}")(x)
-            x = Norm(self.norm, self.norm_groups, dtype=self.dtype, name=f"norm_{j}")(x, train)
-            x = act(x)
+            x = Norm(self.norm, self.norm_groups, dtype=self.dtype, relu=fuse_relu, name=f"norm_{j}")(x, train)
+            if not fuse_relu:
+                x = act(x)
         return x
 
 

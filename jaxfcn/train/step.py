@@ -142,6 +142,15 @@ def memoized(kind: str, model, config, extra: tuple, build: Callable[[], Callabl
     return _PROGRAMS[key]
 
 
+def clear_programs() -> None:
+    """Forget every memoized program, so the next request traces afresh.
+
+    For code that traces the same config under different layer formulations (``benchmarks/``); a run never
+    needs it.
+    """
+    _PROGRAMS.clear()
+
+
 def _init_program(model, config, frozen_parts: tuple) -> Callable:
     def build():
         shape = input_shape(config.model, config.data, batch=1)
