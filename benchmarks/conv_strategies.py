@@ -3,14 +3,16 @@
 Measures the full train step (``jaxfcn.train.step.make_train_step``: forward, backward, Adam; batch 8,
 128², depth 4, base 16, fp32, no augmentation) for several *variants* in the same process, interleaved
 (A B C A B C …) after compilation, and reports medians of wall time and of process CPU time, and the
-median over rounds of each variant's time relative to the first variant in the same round. A variant is
-a model strategy (``model.conv_impl``, ``model.compute_dtype``, the group-norm formulation) plus XLA
-compiler options for the step's ``jit``.
+median over rounds of each variant's time relative to the first variant in the same round, and XLA's
+estimate of the bytes each step accesses. A variant is a model strategy (``model.conv_impl``,
+``model.compute_dtype``), earlier formulations of some layers (:func:`formulation`) and the XLA compiler
+options of the step (``default``: none; ``eigen_ynn_reduce``: the kept step, i.e. the options of
+``jaxfcn.models.layers.compiler_options`` and today's layers).
 
     python benchmarks/conv_strategies.py                       # all variants, full size
-    python benchmarks/conv_strategies.py --quick               # fewer variants and rounds (~2 min)
-    python benchmarks/conv_strategies.py --variants default,eigen_conv --rounds 15
-    python benchmarks/conv_strategies.py --profile default     # per-op-category breakdown (jax profiler)
+    python benchmarks/conv_strategies.py --quick               # before / kept / XLA defaults (~2 min)
+    python benchmarks/conv_strategies.py --variants eigen_conv,eigen_ynn_reduce --rounds 15
+    python benchmarks/conv_strategies.py --profile eigen_ynn_reduce   # time per thunk kind (jax profiler)
     python benchmarks/conv_strategies.py --layers              # per-layer conv fwd / input-grad / kernel-grad
     python benchmarks/conv_strategies.py --torch               # add the PyTorch twin (eager, channels_last)
 
@@ -38,8 +40,9 @@ import time
 # convolutions by default; listing only INDIVIDUAL_DOT sends convolutions back to XLA's Eigen kernels.
 YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
-# Dots and reductions to YNNPACK, convolutions to Eigen. Without REDUCE, XLA's tree-reduction rewrite turns
-# every large reduction (group-norm statistics, bias gradients) into a slow 32x32 reduce-window.
+# Dots and reductions to YNNPACK, convolutions to Eigen (the kept options, jaxfcn.models.layers). Without
+# REDUCE, XLA's tree-reduction rewrite turns every large reduction (group-norm statistics and gradients)
+# into a slow 32x32 reduce-window.
 YNN_DOTS_REDUCE = {"xla_cpu_experimental_ynn_fusion_type":
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 YNN_DOTS_REDUCE_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type":
@@ -75,7 +78,7 @@ VARIANTS = {
     "xnn_graph": ({}, {**YNN_DOTS_REDUCE,
                        "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"}, None),
 }
-QUICK_VARIANTS = ("flax_groupnorm", "default", "eigen_conv", "per_seed")
+QUICK_VARIANTS = ("before_ynn_reduce_pool_ce", "eigen_ynn_reduce", "default")
 
 
 def bench_config(size: int = 128, batch: int = 8, depth: int = 4, base: int = 16, classes: int = 4):
@@ -158,8 +161,10 @@ def formulation(names: str | None):
 
 def build_variant(config, name: str, frozen_parts=()):
     """(compiled step, initial state, batch) for ``VARIANTS[name]``; the state is donated at each call."""
+    import jax
+
     from jaxfcn.models import build_model
-    from jaxfcn.train.step import clear_programs, init_train_state, make_train_step
+    from jaxfcn.train.step import clear_programs, init_train_state, train_step_function
 
     overrides, options, earlier = VARIANTS[name]
     clear_programs()  # variants share a config: without this the second would reuse the first's trace
@@ -167,7 +172,9 @@ def build_variant(config, name: str, frozen_parts=()):
     for key, value in overrides.items():
         c.model[key] = value
     model = build_model(c.model)
-    step = make_train_step(model, c, frozen_parts)
+    # make_train_step's program without its CPU compiler options (jit-level options would survive
+    # .compile(compiler_options={})): every variant states all of its options, "default" none.
+    step = jax.jit(train_step_function(model, c, frozen_parts), donate_argnums=0)
     state = init_train_state(model, c, frozen_parts)
     batch = synthetic_batch(c)
     with formulation(earlier):
