@@ -130,23 +130,24 @@ def formulation(names: str | None):
     from jaxfcn.models import layers
     from jaxfcn.train import losses
 
-    def flax_norm(x, scale, bias, groups, epsilon=1e-6):
+    def with_relu(norm):  # the signature of layers.group_norm, with the ReLU applied separately
+        return lambda x, scale, bias, groups, epsilon=1e-6, relu=False: (
+            (jax.nn.relu if relu else lambda y: y)(norm(x, scale, bias, groups, epsilon)))
+
+    def flax_norm(x, scale, bias, groups, epsilon):
         return nn.GroupNorm(num_groups=groups, epsilon=epsilon).apply({"params": {"scale": scale, "bias": bias}}, x)
 
-    def autodiff_norm(x, scale, bias, groups, epsilon=1e-6, relu=False):
-        y = layers._group_norm_fwd(x, scale, bias, groups, epsilon, False)[0]
-        return jax.nn.relu(y) if relu else y
+    def autodiff_norm(x, scale, bias, groups, epsilon):
+        return layers._group_norm_fwd(x, scale, bias, groups, epsilon, False)[0]
 
     def gather_ce(logits, labels, weight=None):
         log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)
-        w = losses._example_weight(weight, labels)
-        return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+        return losses.weighted_voxel_mean(nll, labels, weight)
 
     swaps = {
-        "flax_groupnorm": (layers, "group_norm", lambda x, scale, bias, groups, epsilon=1e-6, relu=False: (
-            jax.nn.relu if relu else (lambda y: y))(flax_norm(x, scale, bias, groups, epsilon))),
-        "autodiff_groupnorm": (layers, "group_norm", autodiff_norm),
+        "flax_groupnorm": (layers, "group_norm", with_relu(flax_norm)),
+        "autodiff_groupnorm": (layers, "group_norm", with_relu(autodiff_norm)),
         "reduce_window_pool": (layers, "max_pool", lambda x, window: nn.max_pool(
             x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))),
         "autodiff_pool": (layers, "max_pool", lambda x, window: layers._max_pool_fwd(x, window)[0]),

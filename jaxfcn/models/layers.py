@@ -353,14 +353,11 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
 
 def _group_stats(xs: jax.Array, groups: int, epsilon: float) -> tuple[jax.Array, jax.Array]:
     """Per-(example, channel) group mean and rstd, each (N, C), of float32 ``xs``."""
-    n, channels = xs.shape[0], xs.shape[-1]
-    size = channels // groups
     axes = tuple(range(1, xs.ndim - 1))
-    count = math.prod(xs.shape[1:-1]) * size
-    mean = jnp.sum(xs, axes).reshape(n, groups, size).sum(-1) / count
-    mean_sq = jnp.sum(xs * xs, axes).reshape(n, groups, size).sum(-1) / count
-    rstd = jax.lax.rsqrt(jnp.maximum(0.0, mean_sq - mean * mean) + epsilon)
-    return jnp.repeat(mean, size, axis=-1), jnp.repeat(rstd, size, axis=-1)
+    count = math.prod(xs.shape[1:-1]) * (xs.shape[-1] // groups)
+    mean = _group_sum(jnp.sum(xs, axes), groups) / count
+    mean_sq = _group_sum(jnp.sum(xs * xs, axes), groups) / count
+    return mean, jax.lax.rsqrt(jnp.maximum(0.0, mean_sq - mean * mean) + epsilon)
 
 
 def _per_channel(v: jax.Array, ndim: int) -> jax.Array:

@@ -40,9 +40,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array | None
     # Picking log p[label] by a one-hot product, not take_along_axis: the same value (the other terms are
     # exact zeros), and a gradient that is one elementwise pass instead of a scatter-add (XLA:CPU).
     y = jax.nn.one_hot(labels, logits.shape[-1], dtype=log_p.dtype)
-    nll = -jnp.sum(log_p * y, axis=-1, keepdims=True)
+    return weighted_voxel_mean(-jnp.sum(log_p * y, axis=-1, keepdims=True), labels, weight)
+
+
+def weighted_voxel_mean(values: jax.Array, labels: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """``Σ_n w_n Σ_v values[n, v] / (Σ_n w_n · |S|)`` for per-voxel ``values`` (N, *S, 1)."""
     w = _example_weight(weight, labels)
-    return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def dice_per_class(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None,
