@@ -63,20 +63,22 @@ def median_ms(seconds: list[float], per: int = 1) -> float:
     return 1e3 * statistics.median(seconds) / per
 
 
-def matmul_flops(size: int = 2048, repeats: int = 5, frameworks=("jax", "torch")) -> dict[str, float]:
+def matmul_flops(size: int = 0, repeats: int = 5, frameworks=("jax", "torch")) -> dict[str, float]:
     """Sustained fp32 FLOP/s of one ``size``² matmul (2·size³ FLOPs) per framework; median of ``repeats``.
 
-    This is the machine's practical dense-compute ceiling in this run (same threads, same neighbours), the
-    denominator of ``flops_fraction``. Frameworks that are not installed are skipped.
+    This is the machine's practical dense-compute ceiling in this run (same threads, same neighbours,
+    same precision setting), the denominator of ``flops_fraction``. ``size`` defaults to 2048 on a CPU and
+    8192 on a GPU, where 2048² is too small to fill the chip. Frameworks that are not installed are skipped.
     """
+    import jax
     import numpy as np
+
+    size = size or (8192 if jax.default_backend() == "gpu" else 2048)
 
     flops = 2.0 * size**3
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     result = {}
     if "jax" in frameworks:
-        import jax
-
         x = jax.device_put(a)
         mm = jax.jit(lambda x: x @ x)
         block(mm(x))
@@ -111,6 +113,33 @@ def torch_device() -> str:
     import torch
 
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+PRECISIONS = ("fp32", "tf32")
+
+
+def set_precision(precision: str) -> None:
+    """Give JAX and PyTorch the same float32 arithmetic for convolutions and matmuls, process-wide.
+
+    ``fp32``: full float32 products on both sides (JAX ``jax_default_matmul_precision="highest"``; PyTorch
+    ``allow_tf32 = False`` for cuDNN and cuBLAS). ``tf32``: both may use TensorFloat-32 tensor cores (JAX's
+    default precision on NVIDIA GPUs; PyTorch ``allow_tf32 = True``, which is already its default for
+    cuDNN convolutions but not for matmuls). CPUs have no TF32: there both settings compute in float32, and
+    nothing is changed (so CPU programs stay the ones measured before this option existed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}', choose from {PRECISIONS}")
+    import jax
+
+    if jax.default_backend() != "gpu":
+        return
+    jax.config.update("jax_default_matmul_precision", "highest" if precision == "fp32" else None)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
 def sync(device: str) -> None:

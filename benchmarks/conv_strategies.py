@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from device_profile import union_ns  # noqa: E402
+
 # XLA:CPU library choices of jaxlib 0.10 (debug_options_flags.cc): YNNPACK handles dots and 2D f32
 # convolutions by default; listing only INDIVIDUAL_DOT sends convolutions back to XLA's Eigen kernels.
 YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -351,19 +354,6 @@ def hlo_categories(hlo_text: str) -> dict:
     return info
 
 
-def _union_ms(intervals: list[tuple[int, int]]) -> float:
-    """Milliseconds covered by the union of (start_ns, end_ns) intervals."""
-    covered, end = 0, None
-    for start, stop in sorted(intervals):
-        if end is None or start > end:
-            covered += stop - start
-            end = stop
-        elif stop > end:
-            covered += stop - end
-            end = stop
-    return covered / 1e6
-
-
 def profile(config, name: str, steps: int = 5) -> dict:
     """Where one compiled step spends its time (jax profiler trace of ``steps`` steps), per step.
 
@@ -400,7 +390,7 @@ def profile(config, name: str, steps: int = 5) -> dict:
                 per_op[f"{category}: {short} {shape.split('{')[0]}"] += event.duration_ns / steps / 1e6
                 intervals.append((event.start_ns, event.start_ns + event.duration_ns))
     shutil.rmtree(trace_dir, ignore_errors=True)
-    busy = _union_ms(intervals) / steps
+    busy = union_ns(intervals) / 1e6 / steps
     return {"variant": name, "wall_ms": wall_ms, "thunk_ms_per_step": sum(per_category.values()),
             "busy_ms": busy, "idle_ms": wall_ms - busy,
             "categories": {k: round(v, 2) for k, v in per_category.most_common()},

@@ -11,6 +11,7 @@ top-level numeric fields.
     python benchmarks/run_all.py --quick                  # every script, small sizes
     python benchmarks/run_all.py --json all.json          # full sizes, combined JSON
     python benchmarks/run_all.py --only train_step,cka
+    python benchmarks/run_all.py --quick --devices gpu    # GPU column only (a lent GPU machine)
 """
 from __future__ import annotations
 
@@ -111,13 +112,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
     parser.add_argument("--json", metavar="PATH", help="write every script's result and the run log as JSON")
     parser.add_argument("--only", default="", help="comma list of script names (default: all)")
+    parser.add_argument("--devices", default="", help="comma list of cpu,gpu (default: cpu, plus gpu when present)")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per script (default 900; 3600 full)")
     args = parser.parse_args(argv)
     names = [n for n in (args.only.split(",") if args.only else SCRIPTS) if n]
     unknown = [n for n in names if n not in SCRIPTS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(SCRIPTS)}")
-    devices = ["cpu"] + (["gpu"] if gpu_present() else [])
+    devices = [d for d in args.devices.split(",") if d] or ["cpu"] + (["gpu"] if gpu_present() else [])
+    if set(devices) - {"cpu", "gpu"} or ("gpu" in devices and not gpu_present()):
+        parser.error(f"--devices {args.devices}: choose from cpu and gpu (gpu only where nvidia-smi sees one)")
     timeout = args.timeout or (900 if args.quick else 3600)
 
     runs: dict = {}

@@ -7,7 +7,9 @@ either side, constant learning rate). Sides, all in this process, interleaved pe
 * ``torch_nchw``: :class:`jaxfcn.interop.torch.TorchUNet`, eager, default NCHW memory format;
 * ``torch_channels_last``: the same, model and input in ``channels_last`` (the faster eager layout on CPU);
 * ``torch_compile``: forward + loss through ``torch.compile`` (inductor), channels_last; skipped with its
-  error if it does not work on the machine.
+  error if it does not work on the machine;
+* ``torch_compile_cudagraphs`` (GPU; ask for it with ``--torch``): the same with ``mode="reduce-overhead"``,
+  which replays the compiled forward and backward as CUDA graphs, removing PyTorch's per-kernel launch cost.
 
 Frozen-encoder steps: JAX differentiates only the trainable subtree; PyTorch sets ``requires_grad=False``
 on the encoder (no encoder backward either). Every side starts from the same converted weights, uses the
@@ -20,6 +22,11 @@ fp32 matmul FLOP/s measured in this run (the larger of JAX's and PyTorch's), and
     python benchmarks/train_step.py                # batch 8, 128², depth 4, base 16, fp32 (the goal's setting)
     python benchmarks/train_step.py --quick        # 64², fewer rounds, no torch.compile (about 2 minutes)
     python benchmarks/train_step.py --dtype bfloat16 --json out.json
+    python benchmarks/train_step.py --precision tf32 --profile   # on a GPU: TF32 on both sides, kernel profile
+
+On a GPU both sides run there (``torch_device``), each timed call is 20 steps (a step is milliseconds), and
+``--precision`` chooses full float32 (default) or TF32 tensor cores for both sides alike (``set_precision``).
+``--profile`` then adds a device-kernel profile of the JAX step and of each PyTorch side (``device_profile``).
 """
 from __future__ import annotations
 
@@ -29,8 +36,10 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, interleave, machine_info, matmul_flops, median_ms, sync, torch_device, write_json  # noqa: E402
+from common import (PRECISIONS, add_common_args, interleave, machine_info, matmul_flops, median_ms,  # noqa: E402
+                    set_precision, sync, torch_device, write_json)
 
+TORCH_VARIANTS = ("nchw", "channels_last", "compile", "compile_cudagraphs")
 NUM_CLASSES = 4  # the built-in tissue task: background, CSF, grey matter, white matter
 
 
@@ -91,7 +100,7 @@ def torch_side(config, params, batch, frozen, steps, variant, device):
     net = net.to(device).train()
     x = torch.from_numpy(np.moveaxis(np.asarray(batch["image"]), -1, 1).copy()).to(device)
     y = torch.from_numpy(np.asarray(batch["label"])).long().to(device)
-    if variant in ("channels_last", "compile"):
+    if variant in ("channels_last", "compile", "compile_cudagraphs"):
         fmt = torch.channels_last if config.model.spatial_dims == 2 else torch.channels_last_3d
         net = net.to(memory_format=fmt)
         x = x.contiguous(memory_format=fmt)
@@ -102,10 +111,15 @@ def torch_side(config, params, batch, frozen, steps, variant, device):
 
     if variant == "compile":
         loss_fn = torch.compile(loss_fn)
+    cudagraphs = variant == "compile_cudagraphs"
+    if cudagraphs:
+        loss_fn = torch.compile(loss_fn, mode="reduce-overhead")
     autocast = config.model.compute_dtype == "bfloat16"
 
     def run():
         for _ in range(steps):
+            if cudagraphs:  # a new iteration: the graphs may overwrite the previous step's outputs
+                torch.compiler.cudagraph_mark_step_begin()
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                 loss = loss_fn(x, y)
@@ -125,21 +139,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--base", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 7; 3 with --quick)")
-    parser.add_argument("--steps", type=int, default=0, help="steps per timed call (default 3; 2 with --quick)")
-    parser.add_argument("--torch", default="", help="comma list of nchw,channels_last,compile "
-                        "(default: all; without compile with --quick)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="steps per timed call (default 3, 2 with --quick; on a GPU 20, 10 with --quick)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="float32 products on both sides, or TF32 on both (GPUs only; CPUs compute fp32)")
+    parser.add_argument("--profile", action="store_true", help="add a device-kernel profile of every side (GPU)")
+    parser.add_argument("--torch", default="", help="comma list of nchw,channels_last,compile,compile_cudagraphs "
+                        "(default: the first three; without compile with --quick)")
     args = parser.parse_args(argv)
     size = args.size or (64 if args.quick else 128)
     rounds = args.rounds or (3 if args.quick else 7)
-    steps = args.steps or (2 if args.quick else 3)
     variants = [v for v in (args.torch or ("nchw,channels_last" if args.quick else "nchw,channels_last,compile"))
                 .split(",") if v]
+    unknown = set(variants) - set(TORCH_VARIANTS)
+    if unknown:
+        parser.error(f"--torch: unknown {sorted(unknown)}; choose from {', '.join(TORCH_VARIANTS)}")
 
     import numpy as np
     import torch
 
     torch.set_num_threads(os.cpu_count())
     device = torch_device()
+    set_precision(args.precision)
+    steps = args.steps or {(False, "cpu"): 3, (True, "cpu"): 2, (False, "cuda"): 20, (True, "cuda"): 10}[
+        (args.quick, device)]
     config = bench_config(size, args.batch, args.depth, args.base, args.dtype)
     rng = np.random.default_rng(0)
     batch = {"image": rng.standard_normal((args.batch, size, size, 1), dtype=np.float32),
@@ -160,6 +183,16 @@ def main(argv=None) -> dict:
     peak = matmul_flops()
     times = interleave(fns, rounds=rounds, warmup=1)
     peak_after = matmul_flops()  # bracket the run: the neighbours' load changes the ceiling too
+    profiles = {}
+    if args.profile:
+        from device_profile import jax_profile, print_profile, torch_profile
+
+        for name, fn in fns.items():
+            try:
+                profiles[name] = (jax_profile if name.endswith("/jax") else torch_profile)(fn, steps)
+                print_profile(name, profiles[name])
+            except Exception as e:  # noqa: BLE001 - a profiler failure must not lose the timings
+                errors[f"profile {name}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
     ms = {name: median_ms(t["wall"], steps) for name, t in times.items()}
     cpu_ms = {name: median_ms(t["cpu"], steps) for name, t in times.items()}
@@ -187,7 +220,8 @@ def main(argv=None) -> dict:
         "benchmark": "train_step",
         "machine": machine_info(),
         "config": {"batch": args.batch, "size": size, "depth": args.depth, "base_width": args.base,
-                   "dtype": args.dtype, "classes": NUM_CLASSES, "optimizer": "adam", "rounds": rounds,
+                   "dtype": args.dtype, "precision": args.precision if device == "cuda" else "fp32",
+                   "classes": NUM_CLASSES, "optimizer": "adam", "rounds": rounds,
                    "steps_per_call": steps, "torch_device": device, "torch_threads": torch.get_num_threads(),
                    "quick": args.quick},
         "matmul_gflops_per_s": {"before": {k: v * 1e-9 for k, v in peak.items()},
@@ -203,6 +237,7 @@ def main(argv=None) -> dict:
         "cpu_ms_per_step": cpu_ms,
         "rounds_ms": {name: [round(1e3 * s / steps, 1) for s in t["wall"]] for name, t in times.items()},
         "errors": errors,
+        "profiles": profiles,
     }
     full, frozen = regimes["full"], regimes["frozen"]
     result["headline"] = {
@@ -222,8 +257,9 @@ def main(argv=None) -> dict:
 
 def print_table(r: dict) -> None:
     c = r["config"]
-    print(f"train step: batch {c['batch']}, {c['size']}², depth {c['depth']}, base {c['base_width']}, {c['dtype']}, "
-          f"{r['machine']['backend']} ({r['machine']['cpus']} cpus, torch threads {c['torch_threads']}); "
+    print(f"train step: batch {c['batch']}, {c['size']}², depth {c['depth']}, base {c['base_width']}, {c['dtype']} "
+          f"({c['precision']} products), "
+          f"{r['machine']['backend']} {r['machine']['device']} ({r['machine']['cpus']} cpus, torch threads {c['torch_threads']}); "
           f"medians of {c['rounds']} rounds × {c['steps_per_call']} steps")
     names = sorted({k.split("/", 1)[1] for k in r["ms_per_step"]}, key=lambda n: (n != "jax", n))
     print(f"{'side':24s} {'full ms':>9s} {'frozen ms':>10s} {'frozen/full':>12s} {'full cpu-ms':>12s}")
