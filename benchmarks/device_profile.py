@@ -70,6 +70,8 @@ def jax_profile(run: Callable[[], object], steps: int) -> dict:
                     intervals.append((e.start_ns, e.start_ns + e.duration_ns))
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
+    if not intervals and jax.default_backend() == "gpu":  # e.g. CUPTI already taken by another profiler
+        raise RuntimeError("the JAX trace holds no GPU kernel events (is another profiler subscribed to CUPTI?)")
     return {"wall_ms": wall * 1e3 / steps,
             "kernel_ms": sum(per_kernel.values()) / 1e6 / steps,
             "busy_ms": union_ns(intervals) / 1e6 / steps,
