@@ -28,6 +28,18 @@ def test_claims_1_2_4_supported_when_data_follow_the_paper():
     assert claims.claim_frozen_encoder(res)["verdict"] == claims.SUPPORTED
 
 
+def test_claim_2_with_two_sizes_uses_the_sign_of_the_change():
+    res = {"runs": [r for r in _runs(paper_like_dice, lambda t, n, r, s: 100) if r["train_size"] != 32]}
+    row = claims.claim_gain_dependence(res)
+    assert row["verdict"] == claims.SUPPORTED
+    assert row["numbers"]["spearman"] == {"easy": -1.0, "hard": -1.0}
+    assert "2 sizes: falls" in row["evidence"] and "nan" not in row["evidence"]
+    rising = {"runs": [dict(r, test_dice=r["test_dice"] + (0.2 * (r["train_size"] == 128) if r["regime"] == "transfer"
+                                                          else 0)) for r in res["runs"]]}
+    row = claims.claim_gain_dependence(rising)
+    assert row["numbers"]["spearman"] == {"easy": 1.0, "hard": 1.0} and "2 sizes: rises" in row["evidence"]
+
+
 def test_claims_1_2_4_not_supported_when_data_contradict_the_paper():
     def dice(t, n, r, s):  # transfer hurts more as data grow, frozen encoder collapses
         base = {"easy": 0.85, "hard": 0.55}[t]

@@ -34,7 +34,7 @@ RULES = {
        "targets and sizes; 95% t-interval of log r. Supported if the interval of r lies below 1; not supported "
        "if it lies above 1 or contains 1 with geometric mean ≥ 1; mixed otherwise.",
     2: "Gain g = mean test Dice (transfer) − (random) per target and size. (a) g falls with training size: "
-       "Spearman(size, g) < 0 for every target. (b) The harder target (lower random-init Dice at the largest "
+       "Spearman(size, g) < 0 for every target (with only 2 sizes: g smaller at the larger size). (b) The harder target (lower random-init Dice at the largest "
        "size) has the larger gain at the smallest size. Supported if (a) and (b); not supported if neither; "
        "mixed otherwise.",
     3: "Over conv layers of models trained from random init (source runs and random-init target runs at "
@@ -118,6 +118,20 @@ def _mean_dice(results):
             for k, rs in _by(results["runs"], "target", "train_size", "regime").items()}
 
 
+TREND_WORDS = {-1.0: "falls", 0.0: "flat", 1.0: "rises"}
+
+
+def _size_trend(gain_by_size: dict) -> float:
+    """How the transfer gain moves with training-set size: Spearman ρ over ≥ 3 sizes; with 2 sizes, where a
+    rank correlation says nothing beyond the order, the sign of (gain at the larger − gain at the smaller)."""
+    sizes = list(gain_by_size)
+    order = [size_order(s) if s else 10**9 for s in sizes]
+    if len(sizes) > 2:
+        return spearman(order, list(gain_by_size.values()))
+    (_, small), (_, large) = sorted(zip(order, gain_by_size.values()))
+    return float(np.sign(large - small)) if _finite(small) and _finite(large) else float("nan")
+
+
 def claim_gain_dependence(results) -> dict:
     dice = _mean_dice(results)
     targets = sorted({t for t, _, _ in dice})
@@ -127,7 +141,7 @@ def claim_gain_dependence(results) -> dict:
         gains[t] = {s: dice.get((t, s, "transfer"), np.nan) - dice.get((t, s, "random"), np.nan) for s in sizes}
     if len(targets) < 2 or any(len(g) < 2 for g in gains.values()):
         return _row(2, "needs ≥ 2 targets and ≥ 2 sizes", NO_DATA, {"gain": gains})
-    rho = {t: spearman([size_order(s) if s else 10**9 for s in g], list(g.values())) for t, g in gains.items()}
+    rho = {t: _size_trend(g) for t, g in gains.items()}
     a = all(_finite(r) and r < 0 for r in rho.values())
     largest = {t: max(g, key=size_order) for t, g in gains.items()}
     hardness = {t: dice.get((t, largest[t], "random"), np.nan) for t in targets}
@@ -135,7 +149,8 @@ def claim_gain_dependence(results) -> dict:
     g_small = {t: gains[t][min(gains[t], key=size_order)] for t in targets}
     b = g_small[hard] > g_small[easy]
     verdict = SUPPORTED if a and b else NOT_SUPPORTED if not a and not b else MIXED
-    parts = [f"{t}: gain by size " + ", ".join(f"{s}→{g:+.3f}" for s, g in gains[t].items()) + f" (ρ={rho[t]:+.2f})"
+    parts = [f"{t}: gain by size " + ", ".join(f"{s}→{g:+.3f}" for s, g in gains[t].items())
+             + (f" (ρ={rho[t]:+.2f})" if len(gains[t]) > 2 else f" (2 sizes: {TREND_WORDS.get(rho[t], 'undefined')})")
              for t in targets]
     parts.append(f"harder target = {hard} (random Dice {hardness[hard]:.3f}); smallest-size gain {g_small[hard]:+.3f} "
                  f"vs {easy} {g_small[easy]:+.3f}")
