@@ -48,8 +48,9 @@ _CONV_IMPL = {"vmap": None, "per_seed": "per_seed", "im2col": "im2col", "unrolle
 # (K=2: 0.84x) the per-seed cost of a single-seed step at batch 8, 128², base 16, and K=3 at 0.84x on the
 # quick study's small model; per_seed 0.93-1.26x, vmap's grouped convolutions 2.05x, lax.map ~20x. Its
 # compile time grows with K (27 s at K=2, 75 s at K=8 for that model): for K well above 8, per_seed
-# compiles faster. Accelerators: not measured in this project yet; vmap keeps one (grouped) kernel launch
-# per layer instead of K, which is what cuDNN/TPU convolutions are built for.
+# compiles faster. GPU (one H200, quick model 32², base 8): vmap 0.225x per seed at K=8, per_seed 0.27x,
+# unrolled 0.39x: vmap keeps one (grouped) kernel launch per layer instead of K, and cuDNN runs grouped
+# convolutions well. TPUs: not measured; vmap for the same reason.
 _AUTO = {"cpu": "unrolled"}
 _AUTO_DEFAULT = "vmap"
 
