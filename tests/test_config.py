@@ -1,7 +1,9 @@
 """``--set key=value`` overrides: types follow the key, unknown keys and wrong types are one-line errors."""
+import os
+
 import pytest
 
-from jaxfcn.config import apply_overrides, base_config
+from jaxfcn.config import apply_overrides, base_config, load_config
 from jaxfcn.errors import UserError
 
 
@@ -22,3 +24,18 @@ def test_overrides_follow_the_type_of_the_key():
 def test_bad_overrides_are_user_errors(item):
     with pytest.raises(UserError, match="--set"):
         apply_overrides(base_config(), [item])
+
+
+def test_builtin_configs_live_inside_the_package():
+    """`jaxfcn reproduce` (no --config) must find its grids after a non-editable install too: the files are
+    part of the package (jaxfcn/configs), not only of the checkout."""
+    import importlib.resources
+
+    import jaxfcn
+    from jaxfcn.reproduce.commands import CONFIG_DIR
+
+    packaged = importlib.resources.files(jaxfcn) / "configs"
+    assert os.path.samefile(str(packaged), CONFIG_DIR)
+    for name in ("reproduce_quick.py", "reproduce_full.py", "quick.py", "tissue_2d.py"):
+        assert (packaged / name).is_file()
+        assert load_config(os.path.join(CONFIG_DIR, name)).model.depth >= 2

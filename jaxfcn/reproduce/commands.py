@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from jaxfcn.configs import BUILTIN_CONFIG_DIR as CONFIG_DIR  # shipped inside the package
 from jaxfcn.errors import UserError
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def register(subparsers) -> None:
