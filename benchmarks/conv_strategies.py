@@ -25,19 +25,16 @@ import argparse
 import collections
 import contextlib
 import datetime
-import glob
 import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from device_profile import union_ns  # noqa: E402
+from device_profile import traced, union_ns  # noqa: E402
 
 # XLA:CPU library choices of jaxlib 0.10 (debug_options_flags.cc): YNNPACK handles dots and 2D f32
 # convolutions by default; listing only INDIVIDUAL_DOT sends convolutions back to XLA's Eigen kernels.
@@ -363,21 +360,12 @@ def profile(config, name: str, steps: int = 5) -> dict:
       asynchronously, so their events are short: nearly all convolution time falls in ``idle_ms``,
       when no other thunk can run because everything waits on the convolution.
     """
-    import jax
-
     compiled, state, batch = build_variant(config, name)
     info = hlo_categories(compiled.as_text())
     run = step_runner(compiled, state, batch)
     run(), run()
-    trace_dir = tempfile.mkdtemp(prefix="jaxfcn_profile_")
-    jax.profiler.start_trace(trace_dir)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        run()
-    wall_ms = (time.perf_counter() - t0) / steps * 1e3
-    jax.profiler.stop_trace()
-    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
-    data = jax.profiler.ProfileData.from_file(path)
+    data, wall = traced(lambda: [run() for _ in range(steps)])
+    wall_ms = wall / steps * 1e3
     per_category, per_op, intervals = collections.Counter(), collections.Counter(), []
     for plane in data.planes:
         for line in plane.lines:
@@ -389,7 +377,6 @@ def profile(config, name: str, steps: int = 5) -> dict:
                 short = op_name.split("UNet)")[-1].split("/conv_general_dilated")[0]
                 per_op[f"{category}: {short} {shape.split('{')[0]}"] += event.duration_ns / steps / 1e6
                 intervals.append((event.start_ns, event.start_ns + event.duration_ns))
-    shutil.rmtree(trace_dir, ignore_errors=True)
     busy = union_ns(intervals) / 1e6 / steps
     return {"variant": name, "wall_ms": wall_ms, "thunk_ms_per_step": sum(per_category.values()),
             "busy_ms": busy, "idle_ms": wall_ms - busy,

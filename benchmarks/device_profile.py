@@ -38,6 +38,28 @@ def union_ns(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
+def traced(fn: Callable[[], object]):
+    """Run ``fn()`` once under ``jax.profiler``; returns (the trace as ``jax.profiler.ProfileData``, wall s).
+
+    ``fn`` must block on its results, so the wall time covers the work it traced.
+    """
+    import jax
+
+    trace_dir = tempfile.mkdtemp(prefix="jaxfcn_profile_")
+    try:
+        jax.profiler.start_trace(trace_dir)
+        t0 = time.perf_counter()
+        try:
+            fn()
+            wall = time.perf_counter() - t0
+        finally:
+            jax.profiler.stop_trace()
+        path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+        return jax.profiler.ProfileData.from_file(path), wall
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+
+
 def jax_profile(run: Callable[[], object], steps: int) -> dict:
     """Profile ``run()`` (``steps`` JAX steps, blocked) with ``jax.profiler``; the device planes' events.
 
@@ -47,29 +69,19 @@ def jax_profile(run: Callable[[], object], steps: int) -> dict:
     import jax
 
     run()
-    trace_dir = tempfile.mkdtemp(prefix="jaxfcn_gpu_profile_")
-    try:
-        jax.profiler.start_trace(trace_dir)
-        t0 = time.perf_counter()
-        run()
-        wall = time.perf_counter() - t0
-        jax.profiler.stop_trace()
-        path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
-        data = jax.profiler.ProfileData.from_file(path)
-        per_kernel, intervals, lines = collections.Counter(), [], {}
-        for plane in data.planes:
-            if not plane.name.startswith("/device:GPU"):
+    data, wall = traced(run)
+    per_kernel, intervals, lines = collections.Counter(), [], {}
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            events = list(line.events)
+            lines[f"{plane.name} | {line.name}"] = (len(events), sum(e.duration_ns for e in events) / 1e6 / steps)
+            if not line.name.startswith("Stream"):
                 continue
-            for line in plane.lines:
-                events = list(line.events)
-                lines[f"{plane.name} | {line.name}"] = (len(events), sum(e.duration_ns for e in events) / 1e6 / steps)
-                if not line.name.startswith("Stream"):
-                    continue
-                for e in events:
-                    per_kernel[e.name] += e.duration_ns
-                    intervals.append((e.start_ns, e.start_ns + e.duration_ns))
-    finally:
-        shutil.rmtree(trace_dir, ignore_errors=True)
+            for e in events:
+                per_kernel[e.name] += e.duration_ns
+                intervals.append((e.start_ns, e.start_ns + e.duration_ns))
     if not intervals and jax.default_backend() == "gpu":  # e.g. CUPTI already taken by another profiler
         raise RuntimeError("the JAX trace holds no GPU kernel events (is another profiler subscribed to CUPTI?)")
     return {"wall_ms": wall * 1e3 / steps,

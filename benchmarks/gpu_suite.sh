@@ -18,14 +18,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # JAX takes 75% of the GPU's memory by default; PyTorch runs in the same processes and needs room too.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/jaxfcn_site .whl/*.whl \
-        && export PYTHONPATH="/tmp/jaxfcn_site:$PYTHONPATH"
-fi
-if compgen -G ".whl_flax/*.whl" >/dev/null && ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.split('.')[:2])) < (0, 12))"; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/jaxfcn_flax .whl_flax/*.whl \
-        && export PYTHONPATH="/tmp/jaxfcn_flax:$PYTHONPATH"
-fi
+put_first_on_path() {  # put_first_on_path DIR: install DIR/*.whl (no registry there) ahead of the machine's own
+    compgen -G "$1/*.whl" >/dev/null || return 0
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "/tmp/jaxfcn$1" "$1"/*.whl \
+        && export PYTHONPATH="/tmp/jaxfcn$1:$PYTHONPATH"
+}
+put_first_on_path .whl
+python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.split('.')[:2])) < (0, 12))" || put_first_on_path .whl_flax
 
 part() {  # part NAME LIMIT_SECONDS COMMAND...: run with a limit, log it, print its tail
     local name=$1 limit=$2 left start rc
