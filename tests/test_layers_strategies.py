@@ -139,8 +139,9 @@ def test_max_pool_equals_reduce_window_values_and_gradient(shape, ties):
     np.testing.assert_array_equal(np.asarray(vjp(dy)[0]), np.asarray(ref_vjp(dy)[0]))
     if ties:  # the case is real: some block holds a repeated maximum
         blocks = np.asarray(x).reshape(shape[0], *[d for s in shape[1:-1] for d in (s // 2, 2)], shape[-1])
-        is_max = blocks == np.expand_dims(np.asarray(y), tuple(2 + 2 * i for i in range(len(shape) - 2)))
-        assert (is_max.sum(axis=tuple(2 + 2 * i for i in range(len(shape) - 2))) > 1).any()
+        offsets = tuple(2 + 2 * i for i in range(len(shape) - 2))
+        is_max = blocks == np.expand_dims(np.asarray(y), offsets)
+        assert (is_max.sum(axis=offsets) > 1).any()
 
 
 def test_max_pool_rejects_indivisible_shape():
