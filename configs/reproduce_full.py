@@ -22,7 +22,6 @@ def get_config():
     c.study.targets = ("subcortical", "structures")
     c.study.train_sizes = (8, 32, 128, 0)
     c.study.seeds = 5
-    c.study.source_seeds = 3
     c.study.source_steps = 4000
     c.study.target_steps = 2000
     c.study.probe_images = 64

@@ -30,7 +30,6 @@ def get_config():
     c.study.targets = ("subcortical", "structures")
     c.study.train_sizes = (8, 0)
     c.study.seeds = 3
-    c.study.source_seeds = 2
     c.study.source_steps = 300
     c.study.target_steps = 400
     c.study.probe_images = 32

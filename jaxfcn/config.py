@@ -97,10 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.study = ml_collections.ConfigDict()
     c.study.source = "tissue"  # built-in task or MSD/nnU-Net folder
     c.study.targets = ("subcortical", "structures")
-    c.study.train_sizes = (8, 32, 128, 0)  # target training examples; 0 = all
-    c.study.regimes = ("random", "transfer", "frozen_random", "frozen_transfer")
-    c.study.seeds = 5  # per target condition
-    c.study.source_seeds = 2
+    c.study.train_sizes = (1, 3, 10, 30)  # target training subjects (cases); 0 = all
+    c.study.regimes = ("random", "transfer", "transfer_encoder", "frozen_random")  # see reproduce.grid.REGIMES
+    c.study.seeds = 5  # per target condition; transfer seed s starts from its own source seed s
+    c.study.source_seeds = 0  # 0 = one source per target seed (the only design the study allows)
     c.study.source_steps = 2000
     c.study.target_steps = 1000
     c.study.probe_images = 64  # validation images fed to every model for CKA

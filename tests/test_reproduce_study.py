@@ -34,7 +34,7 @@ def get_config():
     c.train.eval_every, c.train.log_every, c.train.checkpoint_every, c.train.val_batches = 2, 2, 100, 1
     c.train.snapshot_steps = "log:2"
     c.study.train_sizes = (4, 0)
-    c.study.seeds, c.study.source_seeds = 2, 2
+    c.study.seeds = 2
     c.study.source_steps, c.study.target_steps = 6, 4
     c.study.probe_images = 6
     return c

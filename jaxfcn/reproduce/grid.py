@@ -5,8 +5,9 @@ Layout under the study's output folder::
     OUT/source/seed_<s>/                                 # source pretraining runs
     OUT/runs/<target>/n<size>/<regime>/seed_<s>/          # target runs (size "all" when 0)
 
-Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source seed
-``s mod source_seeds``. The seeds of one condition (the source, or one target × size × regime) are trained
+Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source seed ``s``:
+one source model per target seed, so the seeds of a transfer condition are independent replicates of the
+whole pipeline (source pretraining included), not fine-tunings of a shared model. The seeds of one condition (the source, or one target × size × regime) are trained
 together as one K-seed program (:mod:`jaxfcn.train.multiseed`) whose folder is the ``seed_<s>`` folders'
 parent.
 """
@@ -17,12 +18,27 @@ import os
 
 from jaxfcn.errors import UserError
 
-# regime → (initialise from the source?, frozen parts)
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """How a target run starts and what it trains. ``transferred``: the source parts copied into the
+    target model (empty = random initialisation); ``frozen``: parts that get no gradient. The head is
+    always fresh on a target task: the source head's classes mean nothing there."""
+
+    transferred: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()
+
+    @property
+    def from_source(self) -> bool:
+        return bool(self.transferred)
+
+
 REGIMES = {
-    "random": (False, ()),
-    "transfer": (True, ()),
-    "frozen_random": (False, ("encoder",)),
-    "frozen_transfer": (True, ("encoder",)),
+    "random": Regime(),
+    "transfer": Regime(transferred=("encoder", "decoder")),
+    "transfer_encoder": Regime(transferred=("encoder",)),  # how medical TL is used in practice
+    "frozen_random": Regime(frozen=("encoder",)),
+    "frozen_transfer": Regime(transferred=("encoder", "decoder"), frozen=("encoder",)),
 }
 
 
@@ -54,11 +70,14 @@ def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
     unknown = [r for r in s.regimes if r not in REGIMES]
     if unknown:
         raise UserError(f"study.regimes: unknown regime(s) {unknown}; choose from {list(REGIMES)}")
-    if s.seeds < 1 or s.source_seeds < 1:
-        raise UserError("study.seeds and study.source_seeds must be ≥ 1")
+    if s.seeds < 1:
+        raise UserError("study.seeds must be ≥ 1")
+    if s.source_seeds not in (0, s.seeds):
+        raise UserError(f"study.source_seeds={s.source_seeds}: each transfer seed has its own source model, so "
+                        f"the study trains study.seeds={s.seeds} sources; set study.source_seeds=0")
+    needs_source = any(REGIMES[r].from_source for r in s.regimes)
     sources = [Run("source", s.source, seed, os.path.join(out_dir, "source", f"seed_{seed}"))
-               for seed in range(s.source_seeds)]
-    needs_source = any(REGIMES[r][0] for r in s.regimes)
+               for seed in range(s.seeds)] if needs_source else []
     targets = []
     for target in s.targets:
         for size in s.train_sizes:
@@ -66,7 +85,7 @@ def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
                 for seed in range(s.seeds):
                     workdir = os.path.join(out_dir, "runs", task_label(target), f"n{size or 'all'}", regime,
                                            f"seed_{seed}")
-                    source = sources[seed % len(sources)].workdir if REGIMES[regime][0] and needs_source else None
+                    source = sources[seed].workdir if REGIMES[regime].from_source else None
                     targets.append(Run("target", target, seed, workdir, size, regime, source))
     return sources, targets
 
@@ -98,10 +117,12 @@ def run_config(config, run: Run):
         c.data.train_size = 0
         c.train.init, c.train.freeze = "random", ()
     else:
-        from_source, frozen = REGIMES[run.regime]
+        regime = REGIMES[run.regime]
         c.train.steps = config.study.target_steps
         c.data.train_size = run.train_size
-        c.train.init = run.source_workdir if from_source else "random"
-        c.train.freeze = frozen
-        c.train.reinit_head = True  # a new task: the source head's classes mean nothing here
+        c.train.init = run.source_workdir if regime.from_source else "random"
+        if regime.from_source:
+            c.train.transfer_parts = regime.transferred
+        c.train.freeze = regime.frozen
+        c.train.reinit_head = True
     return c
