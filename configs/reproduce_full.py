@@ -18,6 +18,7 @@ def get_config():
     c.train.checkpoint_every = 500
     c.train.val_batches = 8
     c.train.snapshot_steps = "log:8"
+    c.study.grid = "full"
     c.study.source = "tissue"
     c.study.targets = ("subcortical", "structures")
     c.study.train_sizes = (8, 32, 128, 0)

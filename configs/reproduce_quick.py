@@ -26,6 +26,7 @@ def get_config():
     c.train.val_batches = 4
     c.train.checkpoint_best = False  # the study evaluates final models; saves cost ~0.3 s each
     c.train.snapshot_steps = "50"  # with step 0 and the final step: three points of representation evolution
+    c.study.grid = "quick"
     c.study.source = "tissue"
     c.study.targets = ("subcortical", "structures")
     c.study.train_sizes = (8, 0)

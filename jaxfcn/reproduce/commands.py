@@ -14,10 +14,14 @@ def register(subparsers) -> None:
         description="Source pretraining, target grid (sizes × regimes × seeds), evaluation, CKA and filter "
                     "analysis, then OUT/report.md, OUT/results.json and PNG figures. Re-running resumes.")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="small grid for 2 CPU cores (default)")
+    mode.add_argument("--quick", action="store_true",
+                      help="pipeline smoke test for 2 CPU cores (≤ 10 min); its verdicts are not a finding")
+    mode.add_argument("--standard", action="store_true",
+                      help="the default grid: the study of record, ≤ 90 min on 2 CPU cores")
     mode.add_argument("--full", action="store_true", help="the full grid (meant for a GPU)")
     p.add_argument("--out", required=True, help="study folder (created; re-run to resume)")
-    p.add_argument("--config", help="grid config file (default: configs/reproduce_quick.py or _full.py)")
+    p.add_argument("--config", help="grid config file (default: configs/reproduce_standard.py, or _quick.py / "
+                                     "_full.py with --quick / --full)")
     p.add_argument("--source", metavar="TASK|PATH", help="source task: built-in name or MSD/nnU-Net folder")
     p.add_argument("--targets", metavar="TASK|PATH", nargs="+", help="target tasks (built-in names or folders)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,7 +32,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from jaxfcn.config import load_config
 
-    path = args.config or os.path.join(CONFIG_DIR, "reproduce_full.py" if args.full else "reproduce_quick.py")
+    grid = "full" if args.full else "quick" if args.quick else "standard"
+    path = args.config or os.path.join(CONFIG_DIR, f"reproduce_{grid}.py")
     config = load_config(path, args.overrides)
     if args.source:
         config.study.source = args.source
