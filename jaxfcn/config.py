@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The experiment grid of `jaxfcn reproduce` (ignored by a single training run).
     c.study = ml_collections.ConfigDict()
+    c.study.grid = "custom"  # quick | standard | full | custom: what the report says the run can show
     c.study.source = "tissue"  # built-in task or MSD/nnU-Net folder
     c.study.targets = ("subcortical", "structures")
     c.study.train_sizes = (1, 3, 10, 30)  # target training subjects (cases); 0 = all
