@@ -12,8 +12,9 @@ What a run does, in order:
 4. Checkpoint every ``checkpoint_every`` steps, at every new best validation Dice (unless
    ``train.checkpoint_best`` is off), and at the end; save
    parameter snapshots at ``train.snapshot_steps`` and at the end.
-5. Write ``train_summary.json``: best/final val Dice and, for the paper's claim 1, the first step (and
-   training wall time) at which val Dice reached 90/95/99 % of the run's best.
+5. Write ``train_summary.json``: best/final val Dice, the area under the val-Dice curve, and the time
+   (first step and training wall time) to 90/95/99 % of the run's best val Dice, by the one definition
+   of time to a Dice target in :mod:`jaxfcn.train.curves`.
 
 Determinism: a run killed at any point (``kill -9``) and restarted with the same command ends with params
 bitwise identical to an uninterrupted run on the same machine. Losses are checked at every flush (log,
@@ -40,9 +41,8 @@ import numpy as np
 from jaxfcn.config import architecture_of
 from jaxfcn.errors import UserError
 from jaxfcn.partition import PARTS
+from jaxfcn.train import curves
 from jaxfcn.train import workdir as wd
-
-TIME_TO_FRACTIONS = (0.90, 0.95, 0.99)
 
 
 class TrainingDiverged(UserError):
@@ -251,20 +251,6 @@ def validate(eval_step, variables, dataset, config) -> tuple[float, list[float]]
     return mean_foreground_dice(total), [float(d) for d in dice_from_counts(total)[1:]]
 
 
-def time_to_fraction(records: list[dict], fractions=TIME_TO_FRACTIONS) -> dict:
-    """First validation step (and training time) reaching each fraction of the best val Dice."""
-    evals = [r for r in records if "val_dice" in r and r["val_dice"] is not None and np.isfinite(r["val_dice"])]
-    if not evals:
-        return {}
-    best = max(r["val_dice"] for r in evals)
-    out = {}
-    for fraction in fractions:
-        first = next(r for r in evals if r["val_dice"] >= fraction * best)
-        out[f"{round(fraction * 100)}%"] = {"step": first["step"], "train_time_s": first.get("train_time_s"),
-                                             "val_dice": first["val_dice"]}
-    return out
-
-
 # --- the run ---------------------------------------------------------------------------------------
 
 def prepare_run(config, workdir: str, dataset=None, progress: bool = True):
@@ -423,7 +409,8 @@ class RunFiles:
             "final_val_dice": _json_float(self.val_dice),
             "best_val_dice": _json_float(best_record["val_dice"]) if best_record else None,
             "best_step": best_record["step"] if best_record else None,
-            "time_to_best_fraction": time_to_fraction(self.log.records),
+            "time_to_best_fraction": curves.time_to_fraction_of_best(self.log.records),
+            "val_dice_auc": _json_float(curves.val_dice_auc(self.log.records)),
             "train_time_s": round(train_time, 3),
             "init": self.init or {"source": "random"},
             "frozen": list(t.freeze),
