@@ -6,20 +6,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfcn.analysis.cka import MinibatchCKA, cka, cka_matrix, hsic_matrix
+from jaxfcn.analysis.cka import (MinibatchCKA, centred_grams, cka, cka_from_grams, cka_matrix, hsic_matrix,
+                                 permuted_cka, random_permutations)
 
 KERNEL_MODES = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
 
 
 # ----------------------------------------------- independent reference (textbook formulas, float64)
-def np_gram(x, kernel, threshold=1.0):
+def np_gram(x, kernel, threshold=1.0, bandwidth="kornblith"):
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     if kernel == "linear":
         return x @ x.T
     d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    iu = np.triu_indices(len(x), 1)
-    sigma = threshold * np.median(np.sqrt(d2[iu]))
-    return np.exp(-d2 / (2 * sigma**2))
+    if bandwidth == "kornblith":
+        # Kornblith et al.'s reference: sigma^2 = threshold^2 * median of the squared distances of all n^2 pairs
+        sigma2 = threshold**2 * np.median(d2)
+    else:
+        sigma2 = (threshold * np.median(np.sqrt(d2[np.triu_indices(len(x), 1)]))) ** 2
+    return np.exp(-d2 / (2 * sigma2))
 
 
 def np_hsic(k, l, debiased):
@@ -34,8 +38,8 @@ def np_hsic(k, l, debiased):
             - 2.0 / (n - 2) * (one @ kt @ lt @ one)) / (n * (n - 3))
 
 
-def np_cka(x, y, kernel="linear", debiased=False, threshold=1.0):
-    k, l = np_gram(x, kernel, threshold), np_gram(y, kernel, threshold)
+def np_cka(x, y, kernel="linear", debiased=False, threshold=1.0, bandwidth="kornblith"):
+    k, l = np_gram(x, kernel, threshold, bandwidth), np_gram(y, kernel, threshold, bandwidth)
     return np_hsic(k, l, debiased) / np.sqrt(np_hsic(k, k, debiased) * np_hsic(l, l, debiased))
 
 
@@ -179,3 +183,51 @@ def test_errors_and_constant_features():
         assert np.all(np.isfinite(mat))
         assert np.all(mat[0] == 0) and np.all(mat[:, 0] == 0)
         assert mat[1, 1] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("n", [40, 9])  # n² even (median of the two middle values) and odd
+def test_rbf_bandwidth_is_kornblith_reference_by_default(n):
+    x, y = (f[:n] for f in random_features(12))
+    for threshold in (0.5, 1.0):
+        for debiased in (False, True):
+            ours = float(cka(x, y, kernel="rbf", debiased=debiased, rbf_threshold=threshold))
+            assert ours == pytest.approx(np_cka(x, y, "rbf", debiased, threshold), abs=2e-5)
+            option = float(cka(x, y, kernel="rbf", debiased=debiased, rbf_threshold=threshold,
+                               rbf_bandwidth="distinct_pairs"))
+            assert option == pytest.approx(np_cka(x, y, "rbf", debiased, threshold, "distinct_pairs"), abs=2e-5)
+    # the two bandwidths are different estimators on these data (so each comparison above can fail)
+    assert abs(np_cka(x, y, "rbf", False, 0.5) - np_cka(x, y, "rbf", False, 0.5, "distinct_pairs")) > 1e-3
+    with pytest.raises(ValueError, match="unknown rbf_bandwidth"):
+        cka(x, y, kernel="rbf", rbf_bandwidth="mean")
+
+
+@pytest.mark.parametrize("kernel,debiased", [("linear", True), ("rbf", False)])
+def test_centred_grams_give_cka_matrix_and_the_permutation_null(kernel, debiased):
+    feats = random_features(13) + random_features(14)[:1]  # widths 12, 30, 12
+    grams, constant = centred_grams(feats, kernel=kernel, debiased=debiased)
+    assert grams.shape == (3, 40, 40) and not constant.any()
+    np.testing.assert_allclose(cka_from_grams(grams, constant),
+                               np.asarray(cka_matrix(feats, kernel=kernel, debiased=debiased)), atol=2e-5)
+    perms = random_permutations(40, 4, seed=1)
+    null = permuted_cka(grams[0], grams[1], perms)
+    direct = [np_cka(feats[0], feats[1][p], kernel, debiased) for p in perms]
+    np.testing.assert_allclose(null, direct, atol=2e-5)
+    # a constant representation: zero Gram, CKA 0 with everything
+    const = np.full((40, 12), 2.0, np.float32)
+    grams, constant = centred_grams([feats[0], const], kernel=kernel, debiased=debiased)
+    assert constant.tolist() == [False, True] and not grams[1].any()
+    assert cka_from_grams(grams, constant)[0, 1] == 0 and np.all(permuted_cka(grams[0], grams[1], perms) == 0)
+
+
+def test_permutation_null_is_centred_for_debiased_and_far_from_zero_for_biased():
+    """Independent isotropic Gaussians, n = 32 ≪ d = 1600: biased CKA ≈ 0.98 where the truth is 0."""
+    rng = np.random.default_rng(21)
+    x, y = rng.normal(size=(32, 1600)).astype(np.float32), rng.normal(size=(32, 1600)).astype(np.float32)
+    perms = random_permutations(32, 50)
+    nulls = {}
+    for debiased in (False, True):
+        grams, _ = centred_grams([x, y], debiased=debiased)
+        nulls[debiased] = permuted_cka(grams[0], grams[1], perms)
+        assert float(cka_from_grams(grams)[0, 1]) == pytest.approx(np_cka(x, y, debiased=debiased), abs=2e-5)
+    assert nulls[False].mean() > 0.95
+    assert abs(nulls[True].mean()) < 0.01 and nulls[True].std() < 0.05

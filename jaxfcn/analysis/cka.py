@@ -2,10 +2,15 @@
 
 Definitions (n examples; representation X is (n, d1), Y is (n, d2); rows are the same examples):
 
-* Kernels. Linear: ``K = X Xᵀ``. RBF: ``K_ij = exp(−‖x_i − x_j‖² / (2σ²))`` with the bandwidth
-  ``σ = rbf_threshold · median{‖x_i − x_j‖ : i < j}`` (Kornblith et al. 2019 use the median over all n²
-  entries, zeros included; we use the distinct pairs, which is what "median pairwise distance" says). If
-  that median is 0 (at least half of the pairs coincide) the mean pairwise distance is used instead.
+* Kernels. Linear: ``K = X Xᵀ``. RBF: ``K_ij = exp(−‖x_i − x_j‖² / (2σ²))``. The bandwidth, by
+  ``rbf_bandwidth``:
+
+  - ``"kornblith"`` (default; the reference code of Kornblith et al. 2019, ``gram_rbf``):
+    ``σ² = rbf_threshold² · median{‖x_i − x_j‖² : all n² pairs (i, j)}``, the n zero diagonal entries
+    and both orders of every pair included (``np.median``: the mean of the two middle values when n² is
+    even). If that median is 0 the mean of the n² squared distances is used instead.
+  - ``"distinct_pairs"`` (an option, not the reference): ``σ = rbf_threshold · median{‖x_i − x_j‖ : i < j}``
+    (the mean distance over i < j if that median is 0).
 * Biased HSIC (Gretton et al. 2005): ``HSIC₀(K, L) = tr(K H L H) / (n − 1)²`` with ``H = I − 11ᵀ/n``.
 * Unbiased HSIC (Song et al. 2012, "Feature selection via dependence maximization", JMLR 13, eq. 5), with
   ``K̃, L̃`` the kernels with their diagonals set to 0, n ≥ 4::
@@ -38,16 +43,25 @@ Features are centred in two passes and, outside minibatch accumulation, scaled t
 that is a ``ValueError`` naming it; ``on_constant="zero"`` instead defines every CKA involving it as 0
 (diagonal included), which keeps large studies with a dead layer running. NaN/inf inputs are an error.
 
+Null values: with n examples of d ≫ n dimensions, *biased* linear CKA between independent
+representations is far from 0 (two independent isotropic Gaussian sets, n = 32: ≈ 0.76 at d = 100 and
+≈ 0.998 at d = 12,800), while the debiased estimate is centred on 0. Calibrate with both estimators' nulls
+before reading a value as similarity: :func:`permuted_cka` gives the permutation null (rows of one
+representation shuffled) from the centred Grams of :func:`centred_grams`.
+
 Example::
 
     x = jax.random.normal(jax.random.key(0), (64, 100))
     cka(x, 2.0 * x @ orthogonal)                       # 1.0
+    grams, constant = centred_grams([x, y, z], debiased=True)
+    cka_from_grams(grams, constant)                    # (3, 3), equal to cka_matrix([x, y, z], debiased=True)
     cka_matrix([x, y, z], debiased=True)               # (3, 3)
     acc = MinibatchCKA(); [acc.update([a, b]) for a, b in batches]; acc.result()
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -55,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KERNELS = ("linear", "rbf")
+RBF_BANDWIDTHS = ("kornblith", "distinct_pairs")
 ON_CONSTANT = ("error", "zero")
 # A representation whose centred norm is below this fraction of its raw norm is constant up to float32
 # rounding (centring n equal float32 values leaves residuals of order 1e-7 of their size).
@@ -63,9 +78,11 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------------------------- checks
-def _check_options(kernel: str, on_constant: str, block_rows) -> None:
+def _check_options(kernel: str, on_constant: str, block_rows, rbf_bandwidth: str = "kornblith") -> None:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel '{kernel}' (choose from {', '.join(KERNELS)})")
+    if rbf_bandwidth not in RBF_BANDWIDTHS:
+        raise ValueError(f"unknown rbf_bandwidth '{rbf_bandwidth}' (choose from {', '.join(RBF_BANDWIDTHS)})")
     if on_constant not in ON_CONSTANT:
         raise ValueError(f"unknown on_constant '{on_constant}' (choose from {', '.join(ON_CONSTANT)})")
     if block_rows is not None and (not isinstance(block_rows, (int, np.integer)) or block_rows < 1):
@@ -126,7 +143,8 @@ def _stack_groups(arrays: tuple, groups: tuple) -> list:
 
 
 # ------------------------------------------------------------------------------------ per representation
-def _prepare(x: jax.Array, kernel: str, debiased: bool, threshold, normalize: bool, keep_gram: bool) -> dict:
+def _prepare(x: jax.Array, kernel: str, debiased: bool, threshold, normalize: bool, keep_gram: bool,
+             bandwidth: str) -> dict:
     """Everything needed to produce (rows of) one representation's centred Gram matrix.
 
     The centred Gram is ``K' − a_i − a_j`` (``K'`` the kernel; when debiased its diagonal is zeroed
@@ -156,9 +174,10 @@ def _prepare(x: jax.Array, kernel: str, debiased: bool, threshold, normalize: bo
         state.update(gamma=jnp.zeros((), x.dtype), a=a)
         return state
     # RBF: all pairwise distances once, for the median bandwidth and exact row sums.
-    sq = _sq_dists(xc, sqn, xc)
-    sigma = threshold * _median_pairwise_distance(sq)
-    gamma = jnp.where(sigma > 0, 1.0 / (2.0 * jnp.square(sigma)), 0.0)
+    sq = jnp.where(jnp.eye(n, dtype=bool), 0.0, _sq_dists(xc, sqn, xc))  # exact zeros, not rounding, on the diagonal
+    sigma_sq = jnp.square(threshold) * (_median_sq_distance_all_pairs(sq) if bandwidth == "kornblith"
+                                        else jnp.square(_median_pairwise_distance(sq)))
+    gamma = jnp.where(sigma_sq > 0, 1.0 / (2.0 * sigma_sq), 0.0)
     k = jnp.where(constant, 0.0, jnp.exp(-gamma * sq))
     if debiased:
         k = jnp.where(jnp.eye(n, dtype=bool), 0.0, k)
@@ -171,6 +190,15 @@ def _prepare(x: jax.Array, kernel: str, debiased: bool, threshold, normalize: bo
     if keep_gram:
         state["k"] = k
     return state
+
+
+def _median_sq_distance_all_pairs(sq: jax.Array) -> jax.Array:
+    """Median of the n² squared distances, diagonal included, as ``np.median`` takes it (the mean of the
+    n² values if that median is 0): the bandwidth of Kornblith et al.'s reference ``gram_rbf``."""
+    flat = jnp.sort(sq.reshape(-1))
+    m = flat.shape[0]
+    median = 0.5 * (flat[(m - 1) // 2] + flat[m // 2])
+    return jnp.where(median > 0, median, jnp.mean(flat))
 
 
 def _median_pairwise_distance(sq: jax.Array) -> jax.Array:
@@ -243,9 +271,9 @@ def _normalise(products: jax.Array, constant: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------- all pairs
-@functools.partial(jax.jit, static_argnames=("groups", "kernel", "debiased", "block_rows", "normalize"))
+@functools.partial(jax.jit, static_argnames=("groups", "kernel", "debiased", "block_rows", "normalize", "bandwidth"))
 def _all_pairs(arrays: tuple, threshold, perm, *, groups: tuple, kernel: str, debiased: bool, block_rows,
-               normalize: bool):
+               normalize: bool, bandwidth: str):
     """All-pairs CKA (``normalize``) or HSIC, in input order, plus per-representation flags.
 
     One centred Gram per representation, flattened into the rows of ``G``; ``G Gᵀ`` holds every pair's
@@ -256,7 +284,7 @@ def _all_pairs(arrays: tuple, threshold, perm, *, groups: tuple, kernel: str, de
     chunked = block_rows is not None and block_rows < n
 
     def prepare(x):
-        return _prepare(x, kernel, debiased, threshold, normalize, keep_gram=not chunked)
+        return _prepare(x, kernel, debiased, threshold, normalize, keep_gram=not chunked, bandwidth=bandwidth)
 
     # Chunked RBF: one representation's n² distance matrix at a time (lax.map), not all of them at once.
     states = [jax.lax.map(prepare, s) if chunked and kernel == "rbf" else jax.vmap(prepare)(s) for s in stacks]
@@ -297,29 +325,30 @@ def _raise_on_problems(constant, finite, on_constant: str, labels=None) -> None:
                          "pass on_constant='zero' to define it as 0")
 
 
-def _run(features, kernel, debiased, rbf_threshold, block_rows, normalize):
-    _check_options(kernel, "zero", block_rows)
+def _run(features, kernel, debiased, rbf_threshold, block_rows, normalize, rbf_bandwidth):
+    _check_options(kernel, "zero", block_rows, rbf_bandwidth)
     arrays, groups, perm, n = _layout(features)
     _check_n(n, debiased)
     return _all_pairs(arrays, jnp.float32(rbf_threshold), perm, groups=groups, kernel=kernel, debiased=debiased,
-                      block_rows=block_rows, normalize=normalize)
+                      block_rows=block_rows, normalize=normalize, bandwidth=rbf_bandwidth)
 
 
 def hsic_matrix(features, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
-                block_rows: int | None = None):
+                block_rows: int | None = None, rbf_bandwidth: str = "kornblith"):
     """HSIC estimates (M, M) between all representations of one probe batch, plus their constant flags.
 
     ``HSIC₁`` (debiased) or ``HSIC₀`` exactly as in the module docstring; features are centred but not
     rescaled, so the values of different batches can be summed (minibatch CKA).
     Returns ``(hsic (M, M) float32, constant (M,) bool)`` in the input order. NaN/inf inputs raise.
     """
-    hsic, constant, finite = _run(features, kernel, debiased, rbf_threshold, block_rows, normalize=False)
+    hsic, constant, finite = _run(features, kernel, debiased, rbf_threshold, block_rows, False, rbf_bandwidth)
     _raise_on_problems(constant, finite, "zero")
     return hsic, constant
 
 
 def cka_matrix(features, *, kernel: str = "linear", debiased: bool = False, rbf_threshold: float = 1.0,
-               block_rows: int | None = None, on_constant: str = "error", labels: Sequence[str] | None = None):
+               block_rows: int | None = None, on_constant: str = "error", labels: Sequence[str] | None = None,
+               rbf_bandwidth: str = "kornblith"):
     """CKA between every pair of M representations, (M, M) float32, in one jitted computation.
 
     ``features``: a sequence of M arrays (n, d_i…) (widths may differ; trailing axes are flattened) or one
@@ -328,20 +357,95 @@ def cka_matrix(features, *, kernel: str = "linear", debiased: bool = False, rbf_
     instead of O(M·n²)). ``labels`` name representations in error messages; ``on_constant``: see the
     module docstring. Equal to :func:`cka` on every pair; symmetric; diagonal 1.
     """
-    _check_options(kernel, on_constant, block_rows)
-    result, constant, finite = _run(features, kernel, debiased, rbf_threshold, block_rows, normalize=True)
+    _check_options(kernel, on_constant, block_rows, rbf_bandwidth)
+    result, constant, finite = _run(features, kernel, debiased, rbf_threshold, block_rows, True, rbf_bandwidth)
     _raise_on_problems(constant, finite, on_constant, labels)
     return result
 
 
 def cka(x, y, *, kernel: str = "linear", debiased: bool = False, rbf_threshold: float = 1.0,
-        on_constant: str = "error"):
+        on_constant: str = "error", rbf_bandwidth: str = "kornblith"):
     """CKA between x (n, d1…) and y (n, d2…): a float32 scalar in [0, 1] (debiased: may dip below 0).
 
     Definitions and references in the module docstring. ``debiased=True`` needs n ≥ 4.
     """
     return cka_matrix([x, y], kernel=kernel, debiased=debiased, rbf_threshold=rbf_threshold,
-                      on_constant=on_constant)[0, 1]
+                      on_constant=on_constant, rbf_bandwidth=rbf_bandwidth)[0, 1]
+
+
+# ------------------------------------------------------------------------------------ centred Grams
+@functools.partial(jax.jit, static_argnames=("groups", "kernel", "debiased", "bandwidth"))
+def _centred_grams(arrays: tuple, threshold, *, groups: tuple, kernel: str, debiased: bool, bandwidth: str):
+    grams, constant, finite = [], [], []
+    for stack in _stack_groups(arrays, groups):
+        states = jax.vmap(lambda x: _prepare(x, kernel, debiased, threshold, True, True, bandwidth))(stack)
+        grams.append(jax.vmap(lambda state: _centred_gram(state, kernel, debiased))(states))
+        constant.append(states["constant"])
+        finite.append(states["finite"])
+    return jnp.concatenate(grams), jnp.concatenate(constant), jnp.concatenate(finite)
+
+
+def centred_grams(features, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
+                  rbf_bandwidth: str = "kornblith", labels: Sequence[str] | None = None):
+    """The centred Gram matrices of M representations: ``(grams (M, n, n) float32, constant (M,) bool)``.
+
+    Each representation is centred and scaled to unit Frobenius norm, then its kernel is centred:
+    ``HKH`` (biased) or U-centred (debiased), the matrices whose Frobenius inner products are the HSIC
+    estimates of the module docstring up to the factor 1/(n−1)² or 1/(n(n−3)). A study can keep these
+    n² numbers per (model, layer) instead of the features, whatever the layer's width: :func:`cka_from_grams`
+    and :func:`permuted_cka` need nothing else. ``features`` as for :func:`cka_matrix`; constant
+    representations get an all-zero Gram and ``constant`` True; NaN/inf inputs raise (naming ``labels``).
+    """
+    _check_options(kernel, "zero", None, rbf_bandwidth)
+    arrays, groups, perm, n = _layout(features)
+    _check_n(n, debiased)
+    grams, constant, finite = _centred_grams(arrays, jnp.float32(rbf_threshold), groups=groups, kernel=kernel,
+                                             debiased=debiased, bandwidth=rbf_bandwidth)
+    back = np.argmax(perm, axis=1)  # each input's position in the canonical (grouped) order
+    grams, constant, finite = np.asarray(grams)[back], np.asarray(constant)[back], np.asarray(finite)[back]
+    _raise_on_problems(constant, finite, "zero", labels)
+    return grams, constant
+
+
+def cka_from_grams(grams, constant=None) -> np.ndarray:
+    """CKA (M, M) float64 between representations given by their centred Grams (M, n, n) (same n and
+    estimator): ``⟨K_a, K_b⟩_F / (‖K_a‖_F ‖K_b‖_F)``. Entries involving a constant representation (or an
+    all-zero Gram) are 0, as ``on_constant="zero"`` defines them."""
+    g = np.asarray(grams, np.float64)
+    g = g.reshape(g.shape[0], -1)
+    products = g @ g.T
+    diag = np.diag(products).copy()
+    ok = diag > 0
+    if constant is not None:
+        ok &= ~np.asarray(constant, bool)
+    root = np.sqrt(np.where(ok, diag, 1.0))
+    out = products / np.outer(root, root)
+    out[~ok, :] = 0.0
+    out[:, ~ok] = 0.0
+    return out
+
+
+def random_permutations(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` seeded permutations of ``range(n)``, (count, n) int64."""
+    rng = np.random.default_rng([seed, 6151])
+    return np.stack([rng.permutation(n) for _ in range(count)]) if count else np.zeros((0, n), np.int64)
+
+
+def permuted_cka(gram_x, gram_y, permutations) -> np.ndarray:
+    """The permutation null: CKA(X, ΠY) for each row Π of ``permutations`` (P, n), from centred Grams.
+
+    Shuffling the examples (rows) of Y breaks any correspondence between the two representations while
+    keeping each one's own structure, so these values are what the estimator reports for unrelated
+    representations of exactly these shapes and spectra. Both centrings commute with a simultaneous
+    permutation of rows and columns (``H Π = Π H``; U-centring uses only row sums and the total), so the
+    centred Gram of ΠY is ``Π L Πᵀ``: no recentring, no features needed. Returns (P,) float64.
+    """
+    kx, ly = np.asarray(gram_x, np.float64), np.asarray(gram_y, np.float64)
+    scale = math.sqrt(float(np.sum(kx * kx)) * float(np.sum(ly * ly)))
+    perms = np.asarray(permutations)
+    if scale == 0:
+        return np.zeros(len(perms))
+    return np.array([float(np.sum(kx * ly[np.ix_(p, p)])) for p in perms]) / scale
 
 
 # -------------------------------------------------------------------------------------- minibatches
@@ -360,16 +464,16 @@ class MinibatchCKA:
     """
 
     def __init__(self, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
-                 block_rows: int | None = None, on_constant: str = "error"):
-        _check_options(kernel, on_constant, block_rows)
-        self.kernel, self.debiased, self.rbf_threshold = kernel, debiased, rbf_threshold
+                 block_rows: int | None = None, on_constant: str = "error", rbf_bandwidth: str = "kornblith"):
+        _check_options(kernel, on_constant, block_rows, rbf_bandwidth)
+        self.kernel, self.debiased, self.rbf_threshold, self.rbf_bandwidth = kernel, debiased, rbf_threshold, rbf_bandwidth
         self.block_rows, self.on_constant = block_rows, on_constant
         self._sum = None
         self.batches = 0
 
     def update(self, features) -> None:
-        hsic, _ = hsic_matrix(features, kernel=self.kernel, debiased=self.debiased,
-                              rbf_threshold=self.rbf_threshold, block_rows=self.block_rows)
+        hsic, _ = hsic_matrix(features, kernel=self.kernel, debiased=self.debiased, rbf_threshold=self.rbf_threshold,
+                              block_rows=self.block_rows, rbf_bandwidth=self.rbf_bandwidth)
         if self._sum is not None and hsic.shape != self._sum.shape:
             raise ValueError(f"batch has {hsic.shape[0]} representations, earlier batches had {self._sum.shape[0]}")
         self._sum = hsic if self._sum is None else self._sum + hsic
