@@ -64,7 +64,7 @@ def check_cka(runs, out):
     images = probe_images(open_dataset(c.data, depth=c.model.depth, progress=False), 12, 0)
     feats = [extract_features(build_model(c.model), load_variables(w)[0], images, ["bottleneck"],
                               max_features=16384)["bottleneck"] for w in runs]
-    assert m[0, 1, 1, 1] == pytest.approx(float(cka(*feats)), abs=1e-5)
+    assert m[0, 1, 1, 1] == pytest.approx(float(cka(*feats, debiased=True)), abs=1e-5)  # the CLI default
     pngs = meta["files"]["layer_x_layer"] + meta["files"]["run_x_run"]
     assert len(pngs) == 3 + 3 and all(is_png(out / p) for p in pngs)
 

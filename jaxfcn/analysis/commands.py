@@ -16,18 +16,22 @@ import os
 from jaxfcn.errors import UserError
 
 FIRST_LAYER = "encoder/block_0/conv_0"
+ESTIMATORS = ("debiased", "biased")  # CKA estimators of every analysis
+CKA_ESTIMATORS = ESTIMATORS + ("minibatch",)
+RBF_BANDWIDTHS = ("kornblith", "distinct_pairs")  # jaxfcn.analysis.cka.RBF_BANDWIDTHS (not imported: no jax at --help)
 
 ANALYZE_EPILOG = """\
 examples:
   jaxfcn analyze cka --runs runs/sub_random runs/sub_transfer --out out/cka
-  jaxfcn analyze cka --runs runs/a runs/b --layers enc_0 bottleneck --step 100 --debiased --out out/cka100
+  jaxfcn analyze cka --runs runs/a runs/b --layers enc_0 bottleneck --step 100 --out out/cka100
+  jaxfcn analyze cka --runs runs/a runs/b --probes 1024 --estimator minibatch --minibatch-size 128 --out out/big
   jaxfcn analyze filters --runs runs/tissue --out out/filters
   jaxfcn analyze evolution --run runs/tissue --out out/evolution
 """
 
 
 # ------------------------------------------------------------------------------------------ parser
-def _add_probe_args(p) -> None:
+def _add_probe_args(p, estimators=ESTIMATORS) -> None:
     g = p.add_argument_group("representations")
     g.add_argument("--data", metavar="TASK|PATH", help="probe images from this dataset's validation split "
                    "(default: the first run's training data)")
@@ -39,7 +43,12 @@ def _add_probe_args(p) -> None:
                    help="images convention: at most this many columns per layer (seeded positions; 0 = all)")
     g.add_argument("--positions-per-image", type=int, default=64, help="positions convention: rows per image")
     g.add_argument("--kernel", choices=("linear", "rbf"), default="linear", help="CKA kernel (default linear)")
-    g.add_argument("--debiased", action="store_true", help="unbiased HSIC (Song et al. 2012) instead of biased")
+    g.add_argument("--estimator", choices=estimators, default="debiased",
+                   help="debiased: unbiased HSIC (Song et al. 2012; centred on 0 for unrelated representations, "
+                        "default); biased: HSIC of Gretton et al. 2005, near 1 for unrelated representations when "
+                        "probes ≪ features (compare only with its own null)"
+                        + ("; minibatch: unbiased HSIC summed over probe batches (Nguyen et al. 2021), memory of "
+                           "one batch" if "minibatch" in estimators else ""))
     g.add_argument("--batch-size", type=int, default=8, help="probe images per forward pass")
 
 
@@ -59,7 +68,15 @@ def register(subparsers) -> None:
     c.add_argument("--layers", nargs="+", metavar="LAYER", help="layer names (default: all; see --help of the model)")
     c.add_argument("--step", type=int, default=None, help="snapshot/checkpoint step of every run (default: final)")
     c.add_argument("--out", required=True, help="output directory")
-    _add_probe_args(c)
+    _add_probe_args(c, estimators=CKA_ESTIMATORS)
+    c.add_argument("--minibatch-size", type=int, default=64, metavar="B",
+                   help="--estimator minibatch: probe images per batch (≥ 4; default 64)")
+    c.add_argument("--rbf-bandwidth", choices=RBF_BANDWIDTHS, default="kornblith",
+                   help="RBF bandwidth: median squared distance over all n² pairs as in Kornblith et al.'s "
+                        "reference (default), or median distance over distinct pairs")
+    c.add_argument("--permutations", type=int, default=200, metavar="P",
+                   help="permutation-null draws per layer (probe rows shuffled in one representation; "
+                        "0 = none; not with --estimator minibatch)")
     c.set_defaults(func=_cka)
 
     f = sub.add_parser("filters", help="relative change of every kernel, and 'do trained filters look random?'",
@@ -131,7 +148,7 @@ def _probe_images(config, args):
     from jaxfcn.analysis.features import probe_images
     from jaxfcn.data import open_dataset
 
-    if args.probes < 4 and args.debiased:
+    if args.probes < 4 and args.estimator != "biased":
         raise UserError(f"--probes {args.probes}: debiased CKA needs at least 4 probe images")
     if args.probes < 2:
         raise UserError(f"--probes {args.probes}: need at least 2 probe images")
@@ -165,16 +182,79 @@ def _feature_options(args) -> dict:
 
 
 def _cka_all(features: list, labels: list[str], args):
-    """One cka_matrix call; representations constant over the probes get CKA 0 (reported, not fatal)."""
+    """All-pairs CKA of ``features`` from their centred Grams; representations constant over the probes
+    get CKA 0 (reported, not fatal). Returns (matrix, constant labels, grams)."""
     import numpy as np
 
-    from jaxfcn.analysis.cka import cka_matrix
+    from jaxfcn.analysis.cka import centred_grams, cka_from_grams
 
-    matrix = np.asarray(cka_matrix(features, kernel=args.kernel, debiased=args.debiased, on_constant="zero"))
-    constant = [labels[i] for i in np.flatnonzero(np.diag(matrix) == 0)]
-    for label in constant:
+    grams, constant = centred_grams(features, kernel=args.kernel, debiased=args.estimator == "debiased",
+                                    rbf_bandwidth=args.rbf_bandwidth, labels=labels)
+    return cka_from_grams(grams, constant), _note_constant(constant, labels), grams
+
+
+def _note_constant(constant, labels: list[str]) -> list[str]:
+    import numpy as np
+
+    names = [labels[i] for i in np.flatnonzero(constant)]
+    for label in names:
         print(f"note: {label} is constant over the probe set; its CKA is reported as 0")
-    return matrix, constant
+    return names
+
+
+def _cka_minibatch(workdirs: list[str], configs, images, layers: list[str], labels: list[str], args):
+    """Minibatch CKA (unbiased HSIC summed over probe batches): only one batch's features in memory."""
+    import numpy as np
+
+    from jaxfcn.analysis.cka import MinibatchCKA
+    from jaxfcn.analysis.features import extract_features
+    from jaxfcn.models import build_model
+    from jaxfcn.train.checkpoint import load_variables
+
+    models = []
+    for workdir, config in zip(workdirs, configs):
+        variables, step = load_variables(workdir, args.step)
+        models.append((build_model(config.model), variables, step))
+    acc = MinibatchCKA(kernel=args.kernel, debiased=True, rbf_bandwidth=args.rbf_bandwidth, on_constant="zero")
+    for batch in _probe_batches(len(images), args.minibatch_size):
+        reps = []
+        for model, variables, _ in models:
+            feats = extract_features(model, variables, images[batch], layers, **_feature_options(args))
+            reps += [feats[layer] for layer in layers]
+        acc.update(reps)
+    matrix = np.asarray(acc.result(), np.float64)
+    return matrix, _note_constant(np.diag(matrix) == 0, labels), [step for _, _, step in models]
+
+
+def _probe_batches(n: int, size: int) -> list[slice]:
+    """Consecutive batches of ``size`` probes; a last batch under 4 (too few for unbiased HSIC) joins the one before."""
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 4:
+        del bounds[-2]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _permutation_null(grams, runs: int, layers: int, draws: int, seed: int) -> dict:
+    """Per layer: CKA(run a, probe-shuffled run b) over ``draws`` permutations spread over the distinct
+    run pairs (a run with itself when there is one run). ``{layer index: {mean, sd, q95, q99, draws}}``."""
+    import itertools
+
+    import numpy as np
+
+    from jaxfcn.analysis.cka import permuted_cka, random_permutations
+
+    n = grams.shape[-1]
+    g = grams.reshape(runs, layers, n, n)
+    pairs = list(itertools.combinations(range(runs), 2)) or [(0, 0)]
+    out = {}
+    for k in range(layers):
+        perms = random_permutations(n, draws, seed=seed + k)
+        values = np.concatenate([permuted_cka(g[a, k], g[b, k], perms[i::len(pairs)])
+                                 for i, (a, b) in enumerate(pairs)])
+        out[k] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                  "q95": float(np.quantile(values, 0.95)), "q99": float(np.quantile(values, 0.99)),
+                  "draws": int(values.size)}
+    return out
 
 
 def _safe(name: str) -> str:
@@ -200,7 +280,8 @@ def _representation_settings(args, task: str, n: int) -> dict:
     return {"probes": n, "probe_seed": args.probe_seed, "probe_data": task, "probe_split": "val",
             "convention": args.convention, "max_features": args.max_features or None,
             "positions_per_image": args.positions_per_image if args.convention == "positions" else None,
-            "kernel": args.kernel, "debiased": args.debiased}
+            "kernel": args.kernel, "estimator": args.estimator,
+            "rbf_bandwidth": getattr(args, "rbf_bandwidth", "kornblith") if args.kernel == "rbf" else None}
 
 
 # ------------------------------------------------------------------------------------------ cka
@@ -209,19 +290,30 @@ def _cka(args) -> int:
 
     from jaxfcn.analysis import plots
 
+    if args.estimator == "minibatch" and args.minibatch_size < 4:
+        raise UserError(f"--minibatch-size {args.minibatch_size}: unbiased HSIC needs at least 4 probes per batch")
+    if args.permutations < 0:
+        raise UserError(f"--permutations {args.permutations}: must be ≥ 0")
     configs = _load_configs(args.runs, same_architecture=True)
     layers = _layers(configs[0], args.layers)
     labels = _labels(args.runs)
     images, task = _probe_images(configs[0], args)
-    features, steps = [], []
-    for workdir, config in zip(args.runs, configs):
-        feats, step = _features(workdir, config, args.step, images, layers, args)
-        features += [feats[layer] for layer in layers]
-        steps.append(step)
-    os.makedirs(args.out, exist_ok=True)
     rep_labels = [f"{run}:{layer}" for run in labels for layer in layers]
-    matrix, constant = _cka_all(features, rep_labels, args)
     r, l = len(labels), len(layers)
+    null = None
+    if args.estimator == "minibatch":
+        matrix, constant, steps = _cka_minibatch(args.runs, configs, images, layers, rep_labels, args)
+    else:
+        features, steps = [], []
+        for workdir, config in zip(args.runs, configs):
+            feats, step = _features(workdir, config, args.step, images, layers, args)
+            features += [feats[layer] for layer in layers]
+            steps.append(step)
+        matrix, constant, grams = _cka_all(features, rep_labels, args)
+        del features
+        if args.permutations:
+            null = {layers[k]: v for k, v in _permutation_null(grams, r, l, args.permutations, args.probe_seed).items()}
+    os.makedirs(args.out, exist_ok=True)
     cka = matrix.reshape(r, l, r, l)
     np.savez(os.path.join(args.out, "cka.npz"), cka=cka, runs=np.array(labels), layers=np.array(layers),
              steps=np.array(steps))
@@ -235,19 +327,26 @@ def _cka(args) -> int:
     if r > 1:
         for k, layer in enumerate(layers):
             name = f"runs_{_safe(layer)}.png"
-            plots.heatmap(cka[:, k, :, k], labels, labels, f"CKA between runs at layer {layer}",
-                          os.path.join(args.out, name))
+            title = f"CKA between runs at layer {layer}"
+            if null:
+                title += f" (permutation null 95%: {null[layer]['q95']:.3f})"
+            plots.heatmap(cka[:, k, :, k], labels, labels, title, os.path.join(args.out, name))
             files["run_x_run"].append(name)
     _write_json(os.path.join(args.out, "cka.json"), {
         "runs": [os.path.abspath(w) for w in args.runs], "labels": labels, "layers": layers, "steps": steps,
         "axes": ["run_a", "layer_a", "run_b", "layer_b"], **_representation_settings(args, task, len(images)),
-        "constant_representations": constant, "files": files})
-    print(f"wrote {os.path.join(args.out, 'cka.npz')}: {r} runs × {l} layers ({len(images)} probes), "
-          f"{len(files['layer_x_layer']) + len(files['run_x_run'])} heatmaps")
+        "minibatch_size": args.minibatch_size if args.estimator == "minibatch" else None,
+        "permutation_null": null, "constant_representations": constant, "files": files})
+    print(f"wrote {os.path.join(args.out, 'cka.npz')}: {r} runs × {l} layers ({len(images)} probes, "
+          f"{args.estimator} {args.kernel} CKA), {len(files['layer_x_layer']) + len(files['run_x_run'])} heatmaps")
     for k, layer in enumerate(layers):
+        line = f"  {layer:12s}"
         if r > 1:
             off = cka[:, k, :, k][~np.eye(r, dtype=bool)]
-            print(f"  {layer:12s} mean CKA between runs {off.mean():.3f} (min {off.min():.3f}, max {off.max():.3f})")
+            line += f" mean CKA between runs {off.mean():.3f} (min {off.min():.3f}, max {off.max():.3f})"
+        if null:
+            line += f"; permutation null {null[layer]['mean']:+.3f} (95% {null[layer]['q95']:.3f})"
+        print(line)
     return 0
 
 
@@ -340,7 +439,8 @@ def _evolution(args) -> int:
     layers = _layers(config, args.layers)
     images, task = _probe_images(config, args)
     try:
-        evo = representation_evolution(args.run, images, layers, kernel=args.kernel, debiased=args.debiased,
+        evo = representation_evolution(args.run, images, layers, kernel=args.kernel,
+                                       debiased=args.estimator == "debiased",
                                        feature_options=_feature_options(args))
     except ValueError as e:
         raise UserError(str(e)) from None
