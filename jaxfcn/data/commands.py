@@ -31,7 +31,12 @@ def _add_config_flags(parser) -> None:
 
 
 def _counts(dataset) -> str:
-    return ", ".join(f"{split} {dataset.num_examples(split)}" for split in ("train", "val", "test"))
+    from jaxfcn.data.subjects import is_real_case
+
+    real = sum(is_real_case(c) for c in dataset.case_ids["test"])
+    cases = ", ".join(f"{split} {dataset.num_cases(split)}" for split in ("train", "val", "test"))
+    examples = ", ".join(f"{split} {dataset.num_examples(split)}" for split in ("train", "val", "test"))
+    return f"subjects {cases}{f' ({real} real)' if real else ''}; examples {examples}"
 
 
 def cmd_list(args) -> int:
@@ -45,8 +50,8 @@ def cmd_list(args) -> int:
         config.data.task = task
         dataset = open_dataset(config.data, depth=config.model.depth, progress=not args.quiet)
         names = ", ".join(dataset.info.class_names[1:])
-        print(f"  {task:<12} {dataset.info.num_classes} classes (background, {names}); examples: "
-              f"{_counts(dataset)}  # {builtin.TASK_DESCRIPTION[task]}")
+        print(f"  {task:<20} {dataset.info.num_classes} classes (background, {names}); {_counts(dataset)}"
+              f"  # {builtin.TASK_DESCRIPTION[task]}")
     return 0
 
 
@@ -58,7 +63,7 @@ def cmd_prepare(args) -> int:
     directory = prepared.prepare(recipe, config.data, config.model.depth, progress=not args.quiet)
     dataset = open_dataset(config.data, depth=config.model.depth, progress=False)
     print(f"{recipe.name}: {dataset.info.num_classes} classes, {dataset.info.in_channels} channel(s), examples "
-          f"{'x'.join(map(str, dataset.info.example_shape))}: {_counts(dataset)}; cached in {directory}")
+          f"{'x'.join(map(str, dataset.info.example_shape))}; {_counts(dataset)}; cached in {directory}")
     return 0
 
 

@@ -65,26 +65,70 @@ class ArraySource:
         return {"image": self.images[indices], "label": self.labels[indices]}
 
 
-def training_subset(n_total: int, size: int, seed: int) -> np.ndarray:
-    """Indices of a seeded subset of ``size`` examples (all, in order, when size is 0 or ≥ n_total).
+def subset_cases(num_cases: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of ``size`` cases (all, in order, when size is 0 or ≥ num_cases).
 
-    Nested: the subset of size N is a prefix of the same seed's subset of size M > N, so a
-    training-set-size sweep adds examples rather than redrawing them.
+    Nested: the subset of size N is contained in the same seed's subset of size M > N (both are prefixes
+    of one seeded permutation), so a training-set-size sweep adds cases rather than redrawing them.
     """
-    if size <= 0 or size >= n_total:
-        return np.arange(n_total)
-    return np.sort(np.random.default_rng([seed, 7919]).permutation(n_total)[:size])
+    if size <= 0 or size >= num_cases:
+        return np.arange(num_cases)
+    return np.sort(np.random.default_rng([seed, 7919]).permutation(num_cases)[:size])
+
+
+def training_subset(example_cases: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of every example of a seeded subset of ``size`` cases (:func:`subset_cases`).
+
+    ``example_cases[i]`` is the case (subject) of example ``i``; cases are numbered ``0 … C − 1``, so
+    ``data.train_size`` counts subjects and each chosen subject brings all its slices or patches.
+    """
+    example_cases = np.asarray(example_cases)
+    num_cases = int(example_cases.max()) + 1 if len(example_cases) else 0
+    chosen = subset_cases(num_cases, size, seed)
+    return np.flatnonzero(np.isin(example_cases, chosen))
+
+
+def subset_seed(data_config, train_config) -> int:
+    """The seed of the training subset: ``train.seed`` when ``data.subset_per_seed`` (every seed of a
+    program, and every ``--seed n`` run, draws its own subjects), else ``data.subset_seed``."""
+    return int(train_config.seed) if data_config.subset_per_seed else int(data_config.subset_seed)
 
 
 class SegmentationDataset:
-    """Splits of fixed-shape examples plus whole cases for evaluation."""
+    """Splits of fixed-shape examples plus whole cases for evaluation.
+
+    ``example_cases[split][i]`` is the index (into ``case_ids[split]``) of the case that example ``i`` of
+    the split was cut from; without it every example counts as its own case. ``train_indices`` are the
+    examples of the training subset (all by default).
+    """
 
     def __init__(self, info: DatasetInfo, sources: dict[str, ExampleSource],
-                 cases: dict[str, Sequence[Case]] | None = None, train_indices: np.ndarray | None = None):
+                 cases: dict[str, Sequence[Case]] | None = None, train_indices: np.ndarray | None = None,
+                 example_cases: dict[str, np.ndarray] | None = None, case_ids: dict[str, Sequence[str]] | None = None):
         self.info = info
         self.sources = sources
         self._cases = cases or {}
+        self.example_cases = {split: np.asarray((example_cases or {}).get(split, np.arange(len(src))), np.int64)
+                              for split, src in sources.items()}
+        self.case_ids = {split: list((case_ids or {}).get(split) or
+                                     [f"{split}_{i}" for i in range(int(self.example_cases[split].max(initial=-1)) + 1)])
+                         for split in sources}
         self.train_indices = np.arange(len(sources["train"])) if train_indices is None else train_indices
+
+    def with_training_subset(self, size: int, seed: int) -> "SegmentationDataset":
+        """The same data with the training subset of ``size`` cases drawn by ``seed`` (0 = all cases)."""
+        return SegmentationDataset(self.info, self.sources, self._cases,
+                                   training_subset(self.example_cases["train"], size, seed),
+                                   self.example_cases, self.case_ids)
+
+    def example_case_ids(self, split: str) -> list[str]:
+        """The case id of every example of ``split`` (of the training subset for ``train``), in order."""
+        ids = self.case_ids[split]
+        return [ids[int(c)] for c in self.example_cases[split][self._indices(split)]]
+
+    def num_cases(self, split: str) -> int:
+        """Distinct cases behind the examples of ``split`` (of the training subset for ``train``)."""
+        return len(np.unique(self.example_cases[split][self._indices(split)]))
 
     def num_examples(self, split: str) -> int:
         return len(self.train_indices) if split == "train" else len(self.sources[split])

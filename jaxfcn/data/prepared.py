@@ -11,6 +11,7 @@ Directory layout::
 
     meta.json                    # class names, modality, shapes, example counts, case ids, the key
     cases/<split>.npz            # whole preprocessed val/test volumes (image, label, affine per case)
+    cases/example_cases.npz      # per split: the case index of every example (also stored in each record)
     jaxfcn_prepared/1.0.0/...    # tfds array_record files, one per split
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from jaxfcn.data.dataset import ArraySource, Case, DatasetInfo, SegmentationData
 from jaxfcn.data.fetch import cache_root, file_lock
 from jaxfcn.errors import UserError
 
-PREPARE_VERSION = 2  # bump when preprocessing code changes what examples contain
+PREPARE_VERSION = 3  # bump when preprocessing code changes what examples contain (3: generated subjects)
 SPLITS = ("train", "val", "test")
 MATERIALISE_BYTES = 1 << 30  # splits up to this size are read into memory once (fast batching)
 MIN_TRAIN_PATCHES_PER_CASE = 32
@@ -85,8 +86,9 @@ def prepared_dir(recipe: Recipe, settings: dict) -> Path:
     return cache_root() / "prepared" / f"{safe}-{cache_key(recipe, settings)}"
 
 
-def _examples(cases: list[Case], split: str, settings: dict, seed: int, progress: bool):
-    """Yield the split's examples in a fixed order (case by case), as the builder stores them."""
+def _examples(cases: list[Case], split: str, settings: dict, seed: int, progress: bool, made_from: list[int]):
+    """Yield the split's examples in a fixed order (case by case), as the builder stores them; the case
+    index of each is appended to ``made_from``."""
     from tqdm import tqdm
 
     shape = settings["example_shape"]
@@ -102,6 +104,7 @@ def _examples(cases: list[Case], split: str, settings: dict, seed: int, progress
         else:
             made = preprocess.patches_3d(case, shape, preprocess.patch_starts_grid(case.label.shape, shape))
         for example in made:
+            made_from.append(case_index)
             yield {"image": example["image"].astype(np.float32), "label": example["label"].astype(np.uint8),
                    "case": case_index, "axis": example["axis"], "position": example["position"]}
 
@@ -146,8 +149,11 @@ def prepare(recipe: Recipe, data_config, depth: int, progress: bool = True) -> P
         from jaxfcn.data import tfds_builder
 
         channels = cases["train"][0].image.shape[-1]
+        made_from = {s: [] for s in SPLITS}
         tfds_builder.write(str(tmp), settings["example_shape"], channels,
-                           {s: (lambda s=s: _examples(cases[s], s, settings, seed, progress)) for s in SPLITS})
+                           {s: (lambda s=s: _examples(cases[s], s, settings, seed, progress, made_from[s]))
+                            for s in SPLITS})
+        np.savez(tmp / "cases" / "example_cases.npz", **{s: np.asarray(v, np.int32) for s, v in made_from.items()})
         for split in ("val", "test"):
             _save_cases(tmp / "cases" / f"{split}.npz", cases[split])
         sources = tfds_builder.read(str(tmp))
@@ -209,7 +215,9 @@ def read_meta(directory: Path) -> dict:
     return json.loads((Path(directory) / "meta.json").read_text())
 
 
-def open_prepared(directory: Path, data_config) -> SegmentationDataset:
+def open_prepared(directory: Path, data_config, subset_seed: int | None = None) -> SegmentationDataset:
+    """The prepared dataset in ``directory`` with the training subset of ``data.train_size`` cases drawn by
+    ``subset_seed`` (default ``data.subset_seed``)."""
     from jaxfcn.data import tfds_builder
 
     meta = read_meta(directory)
@@ -218,5 +226,8 @@ def open_prepared(directory: Path, data_config) -> SegmentationDataset:
     info = DatasetInfo(name=meta["name"], class_names=tuple(meta["class_names"]), in_channels=meta["in_channels"],
                        spatial_dims=meta["dims"], example_shape=tuple(meta["example_shape"]),
                        modality=tuple(meta["modality"]))
-    train_indices = training_subset(len(sources["train"]), int(data_config.train_size), int(data_config.subset_seed))
-    return SegmentationDataset(info, sources, cases, train_indices)
+    with np.load(Path(directory) / "cases" / "example_cases.npz") as data:
+        example_cases = {split: data[split].astype(np.int64) for split in SPLITS}
+    seed = int(data_config.subset_seed) if subset_seed is None else int(subset_seed)
+    train_indices = training_subset(example_cases["train"], int(data_config.train_size), seed)
+    return SegmentationDataset(info, sources, cases, train_indices, example_cases, meta["case_ids"])

@@ -129,10 +129,11 @@ def resolve_config(config, info):
 
 
 def open_training_data(config, progress: bool = True):
-    """The dataset named by ``config.data`` (UserError if missing or invalid)."""
-    from jaxfcn.data import open_dataset
+    """The dataset named by ``config.data`` (UserError if missing or invalid), with this run's training subset."""
+    from jaxfcn.data import open_dataset, subset_seed
 
-    return open_dataset(config.data, depth=config.model.depth, progress=progress)
+    return open_dataset(config.data, depth=config.model.depth, progress=progress,
+                        subset_seed=subset_seed(config.data, config.train))
 
 
 def check_init_source(config) -> dict | None:
@@ -258,6 +259,8 @@ def prepare_run(config, workdir: str, dataset=None, progress: bool = True):
     check_config(config)
     if dataset is None:
         dataset = open_training_data(config, progress=progress)
+    elif config.data.subset_per_seed:  # a shared dataset (a study, a K-seed program): this seed's own subjects
+        dataset = dataset.with_training_subset(int(config.data.train_size), int(config.train.seed))
     config = resolve_config(config, dataset.info)
     init = check_init_source(config)
     resume = wd.check_workdir(workdir, config)
@@ -436,12 +439,14 @@ class RunFiles:
 
 
 def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, eval_step, *, batches,
-               progress: bool = True, summary_extra: dict | None = None) -> list[dict]:
+               progress: bool = True, summary_extra: dict | None = None,
+               run_datasets: list | None = None) -> list[dict]:
     """Train the runs of one program (one run, or the K seeds of a stacked program) to ``train.steps``.
 
     ``state``: placed by ``plan`` (:class:`jaxfcn.train.parallel.DevicePlan`), whose ``members`` are the
     runs' states in order; ``train_step``: compiled by ``plan``; ``batches(start)``: the host batches
-    from step ``start + 1`` on. Returns the runs' summaries.
+    from step ``start + 1`` on; ``run_datasets``: each run's own dataset (training subset) where they
+    differ (``data.subset_per_seed``), else ``dataset`` for all. Returns the runs' summaries.
     """
     import jax
     from tqdm import tqdm
@@ -504,8 +509,9 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
 
     after = _compilations(train_step)
     compilations = after - compiled_before if start < t.steps and after is not None else None
-    return [run.finish(member, dataset=dataset, train_time=train_time, compilations=compilations,
-                       extra=summary_extra) for run, member in zip(runs, plan.members(state))]
+    run_datasets = run_datasets or [dataset] * len(runs)  # each run's own training subset, for its summary
+    return [run.finish(member, dataset=run_data, train_time=train_time, compilations=compilations,
+                       extra=summary_extra) for run, member, run_data in zip(runs, plan.members(state), run_datasets)]
 
 
 def _compilations(compiled) -> int | None:

@@ -22,7 +22,8 @@ so seeds differ in initialisation and augmentation only, and member n equals the
 up to floating-point summation order (the stacked step batches convolutions differently; measured on CPU
 after 6 Adam steps of the tiny test model: max |Δparam| 1.2e-7, asserted ≤ 1e-5 in
 ``tests/test_multiseed.py``). ``independent`` gives seed n the batches of data seed n (as ``--seed n``
-alone would), stacked on the seed axis.
+alone would), stacked on the seed axis. With ``data.subset_per_seed`` seed n also trains on its own
+training subset (subset seed n), so the batches are stacked whatever the data order.
 
 Devices: ``train.parallel`` as for one run (:mod:`jaxfcn.train.parallel`); with ``sharding`` the seed axis
 is split over devices where K and the device count allow (mesh ``(gcd(K, D), D / gcd(K, D))``).
@@ -40,6 +41,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+
+import numpy as np
 
 from jaxfcn.errors import UserError
 from jaxfcn.train import workdir as wd
@@ -109,15 +112,22 @@ def _seed_strategies():
     return seeds if hasattr(seeds, "stacked_step_function") else None
 
 
-def stacked_batches(dataset, batch_size: int, data_seeds: list[int], start: int):
-    """Host batches from step ``start + 1``: one shared stream when all data seeds agree, else the seeds'
-    streams stacked on a leading seed axis."""
-    import numpy as np
+def shares_batches(datasets: list, data_seeds: list[int]) -> bool:
+    """Whether every seed would draw the same batches: one data seed and one training subset."""
+    first = datasets[0].train_indices
+    return len(set(data_seeds)) == 1 and all(np.array_equal(d.train_indices, first) for d in datasets[1:])
 
-    if len(set(data_seeds)) == 1:
-        yield from dataset.batches(batch_size, data_seeds[0], start_step=start)
+
+def stacked_batches(datasets, batch_size: int, data_seeds: list[int], start: int):
+    """Host batches from step ``start + 1``: one shared stream when all seeds share data seed and training
+    subset (:func:`shares_batches`), else the seeds' streams stacked on a leading seed axis. ``datasets``:
+    one dataset for all seeds, or one per seed (its own training subset)."""
+    if not isinstance(datasets, (list, tuple)):
+        datasets = [datasets] * len(data_seeds)
+    if shares_batches(datasets, data_seeds):
+        yield from datasets[0].batches(batch_size, data_seeds[0], start_step=start)
         return
-    streams = [dataset.batches(batch_size, s, start_step=start) for s in data_seeds]
+    streams = [d.batches(batch_size, s, start_step=start) for d, s in zip(datasets, data_seeds)]
     for batches in zip(*streams):
         yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
@@ -166,13 +176,14 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
     prepared = [prepare_run(seed_config(config, n, seed_inits.get(n)), seed_workdir(workdir, n), dataset, progress)
                 for n in seeds]
     configs = [p[0] for p in prepared]
+    seed_datasets = [p[1] for p in prepared]  # differ in their training subsets with data.subset_per_seed
     run_config = configs[0]
     data_seeds = [data_seed(c.train) for c in configs]
 
     from jaxfcn.train.parallel import plan_devices
 
     plan = plan_devices(t.parallel, t.batch_size, num_seeds=len(seeds), num_devices=devices,
-                        seed_batches=len(set(data_seeds)) > 1)
+                        seed_batches=not shares_batches(seed_datasets, data_seeds))
     plan.barrier("jaxfcn-checked")
 
     from jaxfcn.models import build_model
@@ -200,8 +211,8 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
         train_step = plan.compile_step(step_fn, state)
         return train_runs(
             run_config, dataset, runs, plan, state, train_step, make_eval_step(model, run_config.model.num_classes),
-            batches=lambda start: stacked_batches(dataset, t.batch_size, data_seeds, start),
-            progress=progress, summary_extra={
+            batches=lambda start: stacked_batches(seed_datasets, t.batch_size, data_seeds, start),
+            run_datasets=seed_datasets, progress=progress, summary_extra={
                 "parallel": plan.describe(),
                 "program": {"seeds": seeds, "workdir": os.path.abspath(workdir), "seed_strategy": strategy}})
     finally:
