@@ -112,7 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.source_steps = 2000
     c.study.target_steps = 1000
     c.study.probe_images = 64  # validation images fed to every model for CKA
-    c.study.cka_positions = 4096  # sampled spatial positions per layer (memory bound)
+    # CKA of the study (jaxfcn.reproduce.analysis): debiased | biased (only to compare with its artefact)
+    c.study.cka_estimator = "debiased"
+    c.study.cka_max_features = 16384  # columns per layer (seeded spatial positions × all channels; memory bound)
+    c.study.cka_permutations = 200  # permutation-null draws per layer
     return c
 
 

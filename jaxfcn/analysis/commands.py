@@ -3,6 +3,7 @@
     jaxfcn analyze cka --runs runs/a runs/b runs/c --out out/cka          # all runs × all layers, one CKA call
     jaxfcn analyze filters --runs runs/a --out out/filters                # change per layer + randomness tests
     jaxfcn analyze evolution --run runs/a --out out/evolution             # CKA of each snapshot vs init / final
+    jaxfcn analyze transfer --out out/transfer_controls                   # transfer controls + step-0 diagnostics
 
 Heavy modules (jax, tfds, matplotlib) are imported inside the handlers so ``jaxfcn --help`` stays fast.
 """
@@ -100,6 +101,23 @@ def register(subparsers) -> None:
     _add_probe_args(e)
     e.set_defaults(func=_evolution)
 
+    t = sub.add_parser("transfer", help="transfer controls (≥5 seeds each) and step-0 diagnostics of transferred models",
+                       description="Trains the controls of jaxfcn.reproduce.controls (random init, transfer of "
+                                   "encoder / encoder+decoder, same-task positive controls, lr and warm-up with "
+                                   "matched random init, early source, head initialisations) as K-seed programs, "
+                                   "evaluates them, and diagnoses every distinct starting point at step 0 on target "
+                                   "data. Writes OUT/results.json, OUT/controls.md and OUT/figures/*.png; re-run "
+                                   "to resume.")
+    t.add_argument("--config", help="controls config (default: configs/transfer_controls.py)")
+    t.add_argument("--out", required=True, help="output directory (created; re-run to resume)")
+    t.add_argument("--controls", nargs="+", metavar="NAME", help="only these controls (and the random-init "
+                   "controls they are compared with)")
+    t.add_argument("--seeds", type=int, help="seeds per control (sets study.seeds)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set study.target_steps=400")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=_transfer)
+
 
 # ----------------------------------------------------------------------------------------- helpers
 def _labels(workdirs: list[str]) -> list[str]:
@@ -184,8 +202,6 @@ def _feature_options(args) -> dict:
 def _cka_all(features: list, labels: list[str], args):
     """All-pairs CKA of ``features`` from their centred Grams; representations constant over the probes
     get CKA 0 (reported, not fatal). Returns (matrix, constant labels, grams)."""
-    import numpy as np
-
     from jaxfcn.analysis.cka import centred_grams, cka_from_grams
 
     grams, constant = centred_grams(features, kernel=args.kernel, debiased=args.estimator == "debiased",
@@ -460,4 +476,23 @@ def _evolution(args) -> int:
           f"{len(layers)} layers")
     for layer in layers:
         print(f"  {layer:12s} CKA(init, final) {vs_init[layer][-1]:.3f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- transfer
+def _transfer(args) -> int:
+    from jaxfcn.config import load_config
+    from jaxfcn.configs import BUILTIN_CONFIG_DIR
+    from jaxfcn.reproduce.controls import run_controls
+
+    config = load_config(args.config or os.path.join(BUILTIN_CONFIG_DIR, "transfer_controls.py"), args.overrides)
+    if args.seeds is not None:
+        config.study.seeds = args.seeds
+    results = run_controls(config, args.out, names=args.controls or (), progress=not args.no_progress)
+    print(f"wrote {os.path.join(args.out, 'controls.md')}, results.json and figures/")
+    for c in results["controls"]:
+        t = c["test_dice"]
+        vs = c["vs_random"]
+        delta = f"  Δ vs {vs['control']} {vs['test_dice']['diff']:+.3f}" if vs else ""
+        print(f"  {c['name']:22s} test Dice {t['mean']:.3f} [{t['low']:.3f}, {t['high']:.3f}]{delta}")
     return 0

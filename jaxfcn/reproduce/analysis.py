@@ -1,14 +1,28 @@
-"""The study's measurements beyond Dice: filter change and randomness, CKA within/between regimes, reuse.
+"""The study's measurements beyond Dice: filter change and randomness, CKA between models with its null
+baselines, and representation evolution.
 
-All CKA here is linear CKA on rows = probe images, columns = flattened H·W·C features of one layer
-(:mod:`jaxfcn.analysis.features`), probes = an evenly spaced fixed set of the target's validation slices.
-For each target, at its largest training size:
+CKA (claims 5a–5c), per target at its largest training size:
 
-- ``within[regime][layer]``: CKA between every pair of seeds of that regime;
-- ``between[layer]``: CKA between every (transfer seed, random seed) pair;
-- ``reuse[layer]``: CKA between each transfer model and the source model it started from;
-- ``evolution[regime]``: CKA of each layer's representation at every parameter snapshot of the
-  lowest seed vs its initialisation and vs its final state (:mod:`jaxfcn.analysis.evolution`).
+- Estimator: ``study.cka_estimator`` (default ``"debiased"``: linear CKA from the unbiased HSIC of Song
+  et al. 2012; ``"biased"`` only to compare with the artefact it has when probes ≪ features).
+- Features: convention ``"images"``: rows = the probe images, columns = one layer's flattened H·W·C
+  activations (:mod:`jaxfcn.analysis.features`), at most ``study.cka_max_features`` columns per layer
+  (seeded spatial positions with all channels, the same for every model).
+- Probes: ``study.probe_images`` validation images of the target, a seeded subset
+  (:func:`jaxfcn.analysis.features.probe_images`), the same for every model.
+- Models: every regime's seeds (final parameters), the transfer seeds' own source models, and the
+  **untrained** networks of the random-init seeds (their step-0 snapshots: independent initialisations
+  of the same architecture). Diverged runs are left out.
+- Each (model, layer) is reduced at once to its centred Gram matrix (n × n,
+  :func:`jaxfcn.analysis.cka.centred_grams`), so memory does not grow with the layer's width, and CKA
+  between any two models is one inner product of Grams.
+- Permutation null per layer: CKA(model a, model b with its probe rows shuffled) for
+  ``study.cka_permutations`` draws spread over the pairs of trained models
+  (:func:`jaxfcn.analysis.cka.permuted_cka`); its mean and 95th percentile go beside every value.
+
+``results["cka"][target]`` = ``{"layers", "models", "seeds", "members": {group: [model index or None per
+seed]}, "matrices": {layer: M×M}, "permutation_null": {layer: {mean, sd, q95, q99, draws}}}`` (the schema
+of :mod:`jaxfcn.reproduce.claims`); ``results["cka_settings"]`` records the estimator and conventions.
 """
 from __future__ import annotations
 
@@ -18,12 +32,43 @@ from collections import defaultdict
 
 import numpy as np
 
-from jaxfcn.analysis import plots
 from jaxfcn.reproduce import figures as figs
 from jaxfcn.reproduce.grid import Run, task_label
 
 FILTER_REGIMES = ("random",)  # target regimes whose filters are tested (plus the source runs)
 EVOLUTION_REGIMES = ("random", "transfer", "frozen_random")
+CKA_ESTIMATORS = ("debiased", "biased")
+# Defaults of the study's CKA settings when a config does not set them (see the module docstring).
+CKA_DEFAULTS = {"cka_estimator": "debiased", "cka_max_features": 16384, "cka_permutations": 200}
+FEATURE_CONVENTION = ("images: rows = probe images, columns = one layer's flattened H·W·C activations "
+                      "(at most {max_features} columns: seeded spatial positions, all channels, the same for "
+                      "every model)")
+
+
+def study_setting(config, key: str):
+    """``config.study.<key>``, or the study's default for a config that does not set it."""
+    return config.study.get(key, CKA_DEFAULTS.get(key))
+
+
+def cka_settings(config, probes: dict[str, int]) -> dict:
+    from jaxfcn.errors import UserError
+
+    estimator = study_setting(config, "cka_estimator")
+    if estimator not in CKA_ESTIMATORS:
+        raise UserError(f"study.cka_estimator={estimator!r}: choose from {', '.join(CKA_ESTIMATORS)}")
+    max_features = int(study_setting(config, "cka_max_features"))
+    return {"estimator": estimator, "kernel": "linear", "probes": probes, "probe_split": "val",
+            "convention": "images", "max_features": max_features,
+            "feature_convention": FEATURE_CONVENTION.format(max_features=max_features),
+            "permutations": int(study_setting(config, "cka_permutations")),
+            "untrained_baseline": "independently initialised, untrained networks: the step-0 parameters of "
+                                  "the random-init seeds, on the same probe images",
+            "permutation_baseline": "CKA(model a, model b with its probe rows shuffled), over pairs of "
+                                    "trained models"}
+
+
+def is_ok(run: Run, status: dict) -> bool:
+    return status.get(run.workdir, "ok") == "ok"
 
 
 def largest_size_runs(targets: list[Run]) -> dict[str, list[Run]]:
@@ -36,14 +81,14 @@ def largest_size_runs(targets: list[Run]) -> dict[str, list[Run]]:
     return out
 
 
-def filter_rows(sources: list[Run], targets: list[Run], progress: bool) -> list[dict]:
+def filter_rows(sources: list[Run], targets: list[Run], status: dict) -> list[dict]:
     from jaxfcn.analysis.filters import kernel_leaves, parameter_changes, randomness_tests
     from jaxfcn.train.checkpoint import load_params, snapshot_steps
     from jaxfcn.train.workdir import load_run_config
 
     runs = list(sources) + [r for rs in largest_size_runs(targets).values() for r in rs if r.regime in FILTER_REGIMES]
     rows = []
-    for run in runs:
+    for run in (r for r in runs if is_ok(r, status)):
         config = load_run_config(run.workdir)
         steps = snapshot_steps(run.workdir)
         first, last = load_params(run.workdir, steps[0]), load_params(run.workdir, steps[-1])
@@ -58,72 +103,103 @@ def filter_rows(sources: list[Run], targets: list[Run], progress: bool) -> list[
     return rows
 
 
-def _probe_images(task: str, config, count: int) -> np.ndarray:
+def probe_set(task: str, config, count: int) -> np.ndarray:
+    """The target's probe images: a seeded subset of its validation split (the same for every model)."""
+    from jaxfcn.analysis.features import probe_images
     from jaxfcn.data import open_dataset
 
     c = config.copy_and_resolve_references()
     c.data.task = task
-    dataset = open_dataset(c.data, depth=c.model.depth, progress=False)
-    images = [b["image"][b["weight"] > 0] for b in dataset.eval_batches("val", count, 1)]
-    return np.concatenate(images)[:count]
+    return probe_images(open_dataset(c.data, depth=c.model.depth, progress=False), count, seed=0)
 
 
-def _features(run_workdir: str, images: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+def _model_grams(workdir: str, step, images: np.ndarray, layers: list[str], settings: dict) -> dict:
+    """{layer: centred Gram (n, n)} of one model's parameters at ``step`` (None = final)."""
+    from jaxfcn.analysis.cka import centred_grams
     from jaxfcn.analysis.features import extract_features
     from jaxfcn.models import build_model
     from jaxfcn.train.checkpoint import load_variables
     from jaxfcn.train.workdir import load_run_config
 
-    config = load_run_config(run_workdir)
-    variables, _ = load_variables(run_workdir)
-    return extract_features(build_model(config.model), variables, images, layers)
+    variables, _ = load_variables(workdir, step)
+    feats = extract_features(build_model(load_run_config(workdir).model), variables, images, layers,
+                             max_features=settings["max_features"])
+    grams, _ = centred_grams([feats[layer] for layer in layers], debiased=settings["estimator"] == "debiased",
+                             labels=[f"{workdir}:{layer}" for layer in layers])
+    return dict(zip(layers, grams))
 
 
-def cka_results(config, sources: list[Run], targets: list[Run], probes: dict[str, np.ndarray]) -> dict:
-    from jaxfcn.analysis.cka import cka_matrix
+def _cka_models(runs: list[Run], sources: list[Run], status: dict, seeds: list[int]) -> tuple[dict, dict]:
+    """(label → (workdir, step), group → [label or None per seed]) of one target's CKA models."""
+    models, members = {}, {}
+    for regime in dict.fromkeys(r.regime for r in runs):
+        by_seed = {r.seed: r for r in runs if r.regime == regime and is_ok(r, status)}
+        members[regime] = [f"{regime}/{s}" if s in by_seed else None for s in seeds]
+        models.update({f"{regime}/{s}": (r.workdir, None) for s, r in by_seed.items()})
+    by_source = {s.workdir: s for s in sources if is_ok(s, status)}
+    transfer = {r.seed: r for r in runs if r.regime == "transfer" and r.source_workdir in by_source}
+    members["source"] = [f"source/{s}" if s in transfer else None for s in seeds]
+    models.update({f"source/{s}": (r.source_workdir, None) for s, r in transfer.items()})
+    random = {r.seed: r for r in runs if r.regime == "random"}  # step 0 exists even if training diverged later
+    members["untrained"] = [f"untrained/{s}" if s in random else None for s in seeds]
+    models.update({f"untrained/{s}": (r.workdir, 0) for s, r in random.items()})
+    return models, members
+
+
+def cka_results(config, sources: list[Run], targets: list[Run], probes: dict[str, np.ndarray], status: dict,
+                settings: dict, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from jaxfcn.analysis.cka import cka_from_grams, permuted_cka, random_permutations
     from jaxfcn.models import layer_names
 
     layers = layer_names(config.model.depth)
+    seeds = sorted({r.seed for r in targets})
     out = {}
     for task, runs in largest_size_runs(targets).items():
-        images = probes[task]
-        models = {}  # label → run
-        for r in runs:
-            if r.regime in ("random", "transfer"):
-                models[f"{r.regime}/{r.seed}"] = r.workdir
-        used_sources = {r.source_workdir for r in runs if r.regime == "transfer"}
-        for s in sources:
-            if s.workdir in used_sources:
-                models[f"source/{s.seed}"] = s.workdir
+        models, members = _cka_models(runs, sources, status, seeds)
         if len(models) < 2:
             continue
-        feats = {label: _features(wd, images, layers) for label, wd in models.items()}
         labels = list(models)
+        grams = {}
+        for label in tqdm(labels, desc=f"CKA {task_label(task)}", unit="model", disable=not progress,
+                          dynamic_ncols=True, leave=False):
+            grams[label] = _model_grams(*models[label], probes[task], layers, settings)
         index = {label: i for i, label in enumerate(labels)}
-        within = defaultdict(dict)
-        between, reuse, matrices = {}, {}, {}
-        for layer in layers:
-            m = np.asarray(cka_matrix([feats[l][layer] for l in labels], on_constant="zero"))
-            matrices[layer] = m.round(5).tolist()
-            for regime in ("random", "transfer"):
-                members = [l for l in labels if l.startswith(regime + "/")]
-                within[regime][layer] = [float(m[index[a], index[b]]) for a, b in itertools.combinations(members, 2)]
-            between[layer] = [float(m[index[a], index[b]]) for a in labels if a.startswith("transfer/")
-                              for b in labels if b.startswith("random/")]
-            reuse[layer] = [float(m[index[f"transfer/{r.seed}"], index[_source_label(r, sources)]])
-                            for r in runs if r.regime == "transfer" and _source_label(r, sources) in index]
-        out[task_label(task)] = {"within": dict(within), "between": between, "reuse": reuse, "models": labels,
-                     "matrices": matrices}
+        trained = [l for l in labels if not l.startswith("untrained/")] or labels
+        pairs = list(itertools.combinations(trained, 2)) or [(trained[0], trained[0])]  # one model: itself, shuffled
+        matrices, null = {}, {}
+        for k, layer in enumerate(layers):
+            stack = np.stack([grams[l][layer] for l in labels])
+            matrices[layer] = np.round(cka_from_grams(stack), 6).tolist()
+            null[layer] = _permutation_summary(
+                [permuted_cka(grams[a][layer], grams[b][layer], perms) for (a, b), perms in
+                 zip(pairs, _spread(random_permutations(len(probes[task]), settings["permutations"], seed=k),
+                                    len(pairs)))])
+        out[task_label(task)] = {
+            "layers": layers, "models": labels, "seeds": seeds, "probes": int(len(probes[task])),
+            "members": {g: [index[m] if m is not None else None for m in ms] for g, ms in members.items()},
+            "matrices": matrices, "permutation_null": null}
     return out
 
 
-def _source_label(run: Run, sources: list[Run]) -> str:
-    return next(f"source/{s.seed}" for s in sources if s.workdir == run.source_workdir)
+def _spread(perms: np.ndarray, parts: int) -> list[np.ndarray]:
+    """The permutations dealt round-robin over ``parts`` model pairs."""
+    return [perms[i::parts] for i in range(parts)] if parts else []
 
 
-def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray]) -> dict:
-    """Per target (largest size) and regime of ``EVOLUTION_REGIMES``: the lowest seed's representation
-    evolution ``{"seed", "steps", "vs_init", "vs_final"}``."""
+def _permutation_summary(values: list[np.ndarray]) -> dict:
+    v = np.concatenate(values) if values else np.zeros(0)
+    if not v.size:
+        return {"mean": None, "sd": None, "q95": None, "q99": None, "draws": 0}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "q95": float(np.quantile(v, 0.95)), "q99": float(np.quantile(v, 0.99)), "draws": int(v.size)}
+
+
+def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray], status: dict,
+                      settings: dict) -> dict:
+    """Per target (largest size) and regime of ``EVOLUTION_REGIMES``: the lowest trained seed's
+    representation evolution ``{"seed", "steps", "vs_init", "vs_final"}``, with the study's estimator."""
     from jaxfcn.analysis.evolution import representation_evolution
     from jaxfcn.models import layer_names
 
@@ -131,28 +207,35 @@ def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray])
     out = {}
     for task, runs in largest_size_runs(targets).items():
         for regime in EVOLUTION_REGIMES:
-            run = min((r for r in runs if r.regime == regime), key=lambda r: r.seed, default=None)
+            run = min((r for r in runs if r.regime == regime and is_ok(r, status)), key=lambda r: r.seed,
+                      default=None)
             if run is None:
                 continue
-            evo = representation_evolution(run.workdir, probes[task], layers)
+            evo = representation_evolution(run.workdir, probes[task], layers,
+                                           debiased=settings["estimator"] == "debiased",
+                                           feature_options={"max_features": settings["max_features"]})
             out.setdefault(task_label(task), {})[regime] = {
                 "seed": run.seed, "steps": evo["steps"], "vs_init": evo["vs_init"], "vs_final": evo["vs_final"]}
     return out
 
 
-def analyse(config, sources: list[Run], targets: list[Run], out_dir: str, progress: bool = True) -> dict:
+def analyse(config, sources: list[Run], targets: list[Run], status: dict, progress: bool = True) -> dict:
+    """Filters, CKA and evolution of the study's trained runs (``status``: workdir → run status)."""
     from jaxfcn.models import layer_names
 
     layers = layer_names(config.model.depth)
     encoder_layers = [l for l in layers if l.startswith("enc_")] + ["bottleneck"]
-    probes = {task: _probe_images(task, config, config.study.probe_images) for task in largest_size_runs(targets)}
-    return {"layers": layers, "encoder_layers": encoder_layers,
-            "filters": filter_rows(sources, targets, progress), "cka": cka_results(config, sources, targets, probes),
-            "evolution": evolution_results(config, targets, probes)}
+    probes = {task: probe_set(task, config, config.study.probe_images) for task in largest_size_runs(targets)}
+    settings = cka_settings(config, {task_label(t): int(len(p)) for t, p in probes.items()})
+    return {"layers": layers, "encoder_layers": encoder_layers, "cka_settings": settings,
+            "filters": filter_rows(sources, targets, status),
+            "cka": cka_results(config, sources, targets, probes, status, settings, progress),
+            "evolution": evolution_results(config, targets, probes, status, settings)}
 
 
-def prediction_examples(results, config) -> list:
-    """(title, image, reference, prediction) middle axial slices of each target's test case, seed 0 models."""
+def prediction_examples(results, config, is_real) -> list:
+    """(title, image, reference, prediction) axial slices of each target's real test case (else its first),
+    from the lowest trained seed of random, transfer and frozen_random at the largest size."""
     from jaxfcn.data import open_dataset
     from jaxfcn.models import build_model
     from jaxfcn.train.checkpoint import load_variables
@@ -160,45 +243,49 @@ def prediction_examples(results, config) -> list:
     from jaxfcn.train.workdir import load_run_config
 
     examples = []
-    for task in dict.fromkeys(r["target"] for r in results["runs"]):
-        sizes = [r["train_size"] for r in results["runs"] if r["target"] == task]
+    ok = [r for r in results["runs"] if r.get("status") == "ok"]
+    for task in dict.fromkeys(r["target"] for r in ok):
+        sizes = [r["train_size"] for r in ok if r["target"] == task]
         largest = 0 if 0 in sizes else max(sizes)
         for regime in ("random", "transfer", "frozen_random"):
-            r = next((x for x in results["runs"] if x["target"] == task and x["regime"] == regime
-                      and x["train_size"] == largest and x["seed"] == 0), None)
+            r = min((x for x in ok if x["target"] == task and x["regime"] == regime and x["train_size"] == largest),
+                    key=lambda x: x["seed"], default=None)
             if r is None:
                 continue
             c = load_run_config(r["workdir"])
-            case = open_dataset(c.data, depth=c.model.depth, progress=False).cases("test")[0]
+            cases = open_dataset(c.data, depth=c.model.depth, progress=False).cases("test")
+            case = next((x for x in cases if is_real(x.case_id)), cases[0])
             variables, _ = load_variables(r["workdir"])
             pred = predict_volume(build_model(c.model), variables, case.image, c)
             z = int(np.argmax((case.label > 0).sum(axis=(0, 1))))  # the axial slice with most foreground
-            examples.append((f"{task} {regime}", case.image[:, :, z, 0], case.label[:, :, z], pred[:, :, z]))
+            examples.append((f"{task} {regime} ({case.case_id})", case.image[:, :, z, 0], case.label[:, :, z],
+                             pred[:, :, z]))
     return examples
 
 
-def figures(results, out_dir: str, config=None) -> dict[str, str]:
+def figures(results, out_dir: str, config=None, is_real=None) -> dict[str, str]:
     """Write every study figure; returns caption → path."""
     d = os.path.join(out_dir, "figures")
     os.makedirs(d, exist_ok=True)
-    out = {"Test Dice against target training-set size": figs.dice_vs_size(results, os.path.join(d, "dice_vs_size.png")),
-           "Steps to 95% of final validation Dice": figs.time_to_95(results, os.path.join(d, "time_to_95.png")),
-           "Relative filter change per layer": figs.filter_change(results, os.path.join(d, "filter_change.png")),
-           "CKA per layer: reuse, between and within regimes": figs.reuse_per_layer(
-               results, os.path.join(d, "cka_per_layer.png"))}
+    out = {"Test Dice against target training-set size (mean and 95% interval over seeds × test subjects)":
+               figs.dice_vs_size(results, os.path.join(d, "dice_vs_size.png")),
+           "Claim 1: steps to the common target and area under the val-Dice curve":
+               figs.time_to_target(results, os.path.join(d, "time_to_target.png")),
+           "Relative filter change per layer": figs.filter_change(results, os.path.join(d, "filter_change.png"))}
+    if results.get("cka_summary"):
+        out["CKA per layer with the untrained-network and permutation nulls"] = figs.cka_per_layer(
+            results, os.path.join(d, "cka_per_layer.png"))
     for task, c in results.get("cka", {}).items():
-        out[f"CKA between models per layer ({task})"] = figs.model_heatmaps(
-            c["matrices"], c["models"], os.path.join(d, f"cka_models_{task}.png"), title=task)
+        out[f"CKA between models per layer ({task}; untrained networks included)"] = figs.model_heatmaps(
+            c, os.path.join(d, f"cka_models_{task}.png"), title=task)
     for task, by_regime in results.get("evolution", {}).items():
         for regime, evo in by_regime.items():
-            steps = evo["steps"]
-            out[f"Representation evolution ({task}, {regime}, seed {evo['seed']})"] = plots.evolution(
-                {k: (steps, v) for k, v in evo["vs_init"].items()}, {k: (steps, v) for k, v in evo["vs_final"].items()},
-                f"{task} {regime} seed {evo['seed']}: CKA per layer over training",
+            out[f"Representation evolution ({task}, {regime}, seed {evo['seed']})"] = figs.evolution(
+                evo, results.get("cka_summary", {}).get(task, {}), f"{task} {regime} seed {evo['seed']}",
                 os.path.join(d, f"evolution_{task}_{regime}.png"))
     if config is not None:
-        examples = prediction_examples(results, config)
+        examples = prediction_examples(results, config, is_real or (lambda case_id: False))
         if examples:
-            out["Example test predictions (middle axial slice with most foreground)"] = figs.prediction_examples(
-                examples, os.path.join(d, "predictions.png"))
+            out["Example test predictions (real test image where there is one; axial slice with most foreground)"] = \
+                figs.prediction_examples(examples, os.path.join(d, "predictions.png"))
     return out

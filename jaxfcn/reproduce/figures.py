@@ -1,4 +1,8 @@
-"""Figures of the study report (PNG, matplotlib Agg). Each takes the results dict and an output path."""
+"""Figures of the study report (PNG, matplotlib Agg). Each takes what it draws and an output path.
+
+Every CKA figure carries the study's two null baselines: CKA between independently initialised untrained
+networks (black, dashed) and the permutation null's 95th percentile (grey, dotted).
+"""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -9,10 +13,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxfcn.reproduce.stats import mean_interval  # noqa: E402
-
-REGIME_STYLE = {"random": ("tab:gray", "o"), "transfer": ("tab:blue", "s"),
+REGIME_STYLE = {"random": ("tab:gray", "o"), "transfer": ("tab:blue", "s"), "transfer_encoder": ("tab:purple", "D"),
                 "frozen_random": ("tab:orange", "^"), "frozen_transfer": ("tab:green", "v")}
+UNTRAINED_STYLE = {"color": "black", "linestyle": "--"}
+PERMUTATION_STYLE = {"color": "0.55", "linestyle": ":"}
 
 
 def _save(fig, path):
@@ -22,83 +26,197 @@ def _save(fig, path):
     return path
 
 
+def _errorbar(ax, x, intervals, **style):
+    """Points with their intervals (``{"estimate", "low", "high"}``); undefined ones are skipped."""
+    keep = [(xi, s) for xi, s in zip(x, intervals) if s and s.get("estimate") is not None]
+    if not keep:
+        return
+    xs = np.array([k[0] for k in keep], float)
+    m = np.array([k[1]["estimate"] for k in keep])
+    lo = np.array([k[1]["low"] if k[1].get("low") is not None else k[1]["estimate"] for k in keep])
+    hi = np.array([k[1]["high"] if k[1].get("high") is not None else k[1]["estimate"] for k in keep])
+    ax.errorbar(xs, m, yerr=[m - lo, hi - m], capsize=3, **style)
+
+
+def _size_axis(ax, sizes):
+    ax.set_xticks(range(len(sizes)), [str(s or "all") for s in sizes])
+    ax.set_xlabel("target training subjects")
+
+
+def _by_target(rows) -> dict:
+    out = defaultdict(list)
+    for r in rows:
+        out[r["target"]].append(r)
+    return dict(sorted(out.items()))
+
+
 def dice_vs_size(results, path):
-    """Test Dice (mean and 95% interval over seeds) against target training-set size, per regime and target."""
-    targets = sorted({r["target"] for r in results["runs"]})
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        by = defaultdict(list)
-        for r in results["runs"]:
-            if r["target"] == target:
-                by[(r["regime"], r["train_size"])].append(r["test_dice"])
-        for regime, (color, marker) in REGIME_STYLE.items():
-            sizes = sorted(n for g, n in by if g == regime)
-            if not sizes:
+    """Test Dice per regime against training-set size, per target (``results["conditions"]``); the real
+    held-out image (where the data have one) as open markers."""
+    from jaxfcn.reproduce.claims import size_order
+
+    targets = _by_target(results.get("conditions", []))
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5 * max(1, len(targets)), 4), squeeze=False)
+    for ax, (target, rows) in zip(axes[0], targets.items()):
+        sizes = sorted({r["train_size"] for r in rows}, key=size_order)
+        for k, (regime, (color, marker)) in enumerate(REGIME_STYLE.items()):
+            cells = {r["train_size"]: r for r in rows if r["regime"] == regime}
+            if not cells:
                 continue
-            s = [mean_interval(by[(regime, n)]) for n in sizes]
-            m = np.array([x["mean"] for x in s])
-            ax.errorbar(sizes, m, yerr=[m - [x["low"] for x in s], [x["high"] for x in s] - m], color=color,
-                        marker=marker, capsize=3, label=regime)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("target training examples")
-        ax.set_ylabel("test Dice (mean, 95% CI)")
+            x = [i + 0.06 * (k - 2) for i, s in enumerate(sizes)]
+            _errorbar(ax, x, [cells.get(s, {}).get("dice") for s in sizes], color=color, marker=marker, label=regime)
+            if any("dice_real" in c for c in cells.values()):
+                _errorbar(ax, [xi + 0.03 for xi in x], [cells.get(s, {}).get("dice_real") for s in sizes],
+                          color=color, marker=marker, mfc="none", linestyle="none")
+        _size_axis(ax, sizes)
+        ax.set_ylabel("test Dice (filled: all test subjects; open: real image)")
         ax.set_title(target)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax)
     return _save(fig, path)
 
 
-def time_to_95(results, path):
-    """Steps to reach 95% of the final validation Dice, per regime (all targets and sizes pooled)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    regimes = [g for g in REGIME_STYLE if any(r["regime"] == g for r in results["runs"])]
-    data = [[r["steps_to_95"] for r in results["runs"] if r["regime"] == g and r["steps_to_95"] is not None]
-            for g in regimes]
-    ax.boxplot(data, tick_labels=regimes)
-    ax.set_ylabel("steps to 95% of final val Dice")
-    ax.grid(alpha=0.3, axis="y")
+def _legend(ax, **kw):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=kw.pop("fontsize", 8), **kw)
+
+
+def time_to_target(results, path):
+    """Claim 1 per condition: mean steps to the common target (censored runs at their last evaluation) and
+    the area under the val-Dice curve, per regime."""
+    from jaxfcn.reproduce.claims import size_order
+
+    claim = next((r for r in results.get("claims", []) if r["claim"] == "1"), {})
+    targets = _by_target(claim.get("numbers", {}).get("conditions", []))
+    cols = max(1, len(targets))
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 7), squeeze=False)
+    if not targets:
+        for ax in axes[:, 0]:
+            ax.text(0.5, 0.5, "no condition whose random-init runs reach the floor", ha="center", va="center")
+            ax.axis("off")
+    for col, (target, cells) in enumerate(targets.items()):
+        cells = sorted(cells, key=lambda c: size_order(c["train_size"]))
+        for k, (regime, (color, marker)) in enumerate(REGIME_STYLE.items()):
+            x = [i + 0.06 * (k - 2) for i in range(len(cells))]
+            for row, key in ((0, "mean_time"), (1, "auc")):
+                values = [c[key].get(regime) for c in cells]
+                if any(values):
+                    _errorbar(axes[row, col], x, values, color=color, marker=marker, label=regime)
+        for row, label in ((0, "steps to τ (mean; censored at budget)"), (1, "val-Dice AUC (mean val Dice)")):
+            ax = axes[row, col]
+            _size_axis(ax, [c["train_size"] for c in cells])
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            _legend(ax)
+        axes[0, col].set_title(f"{target}: τ = 0.9 × random-init final val Dice")
     return _save(fig, path)
 
 
 def filter_change(results, path):
     """Relative filter change ‖W−W0‖/‖W0‖ per layer (mean over runs), one line per regime."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    layers = list(dict.fromkeys(f["layer"] for f in results.get("filters", [])))
-    for regime, (color, marker) in REGIME_STYLE.items():
-        vals = [[f["relative_change"] for f in results["filters"] if f["regime"] == regime and f["layer"] == l]
-                for l in layers]
+    rows = results.get("filters", [])
+    layers = list(dict.fromkeys(f["layer"] for f in rows))
+    for regime, (color, marker) in {**REGIME_STYLE, "source": ("tab:red", "x")}.items():
+        vals = [[f["relative_change"] for f in rows if f["regime"] == regime and f["layer"] == l] for l in layers]
         if not any(vals):
             continue
         ax.plot(range(len(layers)), [np.mean(v) if v else np.nan for v in vals], color=color, marker=marker,
                 label=regime)
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
     ax.set_ylabel("relative change from init")
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def reuse_per_layer(results, path):
-    """CKA(source, fine-tuned) per layer, and CKA between/within regimes, per target."""
-    targets = sorted(results.get("cka", {}))
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(6 * max(1, len(targets)), 4), squeeze=False)
-    layers = results.get("layers", [])
+def _null_lines(ax, x, layer_rows):
+    """The two null baselines of CKA per layer."""
+    untrained = [r.get("within", {}).get("untrained") for r in layer_rows]
+    _errorbar(ax, x, untrained, marker="", label="untrained networks (null)", **UNTRAINED_STYLE)
+    q95 = [r.get("permutation", {}).get("q95") for r in layer_rows]
+    if any(v is not None for v in q95):
+        ax.plot(x, [np.nan if v is None else v for v in q95], label="permutation null, 95th pct", **PERMUTATION_STYLE)
+
+
+def cka_per_layer(results, path):
+    """Per target: CKA per layer within regimes, transfer vs random-init, reuse (transfer vs its own source),
+    with both null baselines (``results["cka_summary"]``)."""
+    summary = results.get("cka_summary", {})
+    targets = sorted(summary)
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(6.5 * max(1, len(targets)), 4.5), squeeze=False)
+    estimator = results.get("cka_settings", {}).get("estimator", "debiased")
     for ax, target in zip(axes[0], targets):
-        c = results["cka"][target]
-        curves = {"source vs fine-tuned (reuse)": c.get("reuse", {}),
-                  "transfer vs random": c.get("between", {}),
-                  "within random seeds": c.get("within", {}).get("random", {}),
-                  "within transfer seeds": c.get("within", {}).get("transfer", {})}
-        for name, per_layer in curves.items():
-            ls = [l for l in layers if l in per_layer]
-            if ls:
-                ax.plot(range(len(ls)), [np.mean(per_layer[l]) for l in ls], marker="o", label=name)
-                ax.set_xticks(range(len(ls)), ls, rotation=45, fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel("linear CKA")
+        layers = [l for l in results.get("layers", summary[target]) if l in summary[target]]
+        rows = [summary[target][l] for l in layers]
+        x = list(range(len(layers)))
+        curves = {"within random-init seeds": ("tab:gray", [r["within"].get("random") for r in rows]),
+                  "within transfer seeds": ("tab:blue", [r["within"].get("transfer") for r in rows]),
+                  "transfer vs random-init": ("tab:cyan", [r["vs_random"].get("transfer") for r in rows]),
+                  "reuse: transfer vs own source": ("tab:red", [r.get("reuse") for r in rows])}
+        for name, (color, values) in curves.items():
+            if any(values):
+                _errorbar(ax, x, values, color=color, marker="o", label=name)
+        _null_lines(ax, x, rows)
+        ax.set_xticks(x, layers, rotation=45, fontsize=8)
+        ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.02)
+        ax.axhline(0, color="0.8", linewidth=0.8)
+        ax.set_ylabel(f"{estimator} linear CKA (95% interval, models resampled)")
         ax.set_title(target)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=7)
         ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def model_heatmaps(target_cka: dict, path, title: str = ""):
+    """Model × model CKA, one panel per layer; the untrained networks are among the models, and each
+    panel's title gives the permutation null's 95th percentile."""
+    matrices, models = target_cka["matrices"], target_cka["models"]
+    null = target_cka.get("permutation_null", {})
+    layers = list(matrices)
+    cols = min(4, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    low = min(0.0, min(float(np.min(m)) for m in matrices.values()))
+    for ax, layer in zip(axes.ravel(), layers):
+        im = ax.imshow(np.asarray(matrices[layer]), vmin=low, vmax=1, cmap="viridis")
+        q95 = null.get(layer, {}).get("q95")
+        ax.set_title(layer + (f" (perm. null 95%: {q95:.2f})" if q95 is not None else ""), fontsize=8)
+        ax.set_xticks(range(len(models)), models, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(models)), models, fontsize=5)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="linear CKA")
+    fig.suptitle(f"CKA between models per layer — {title} (untrained/<s>: the null of independent initialisations)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evolution(evo: dict, layer_summary: dict, title: str, path):
+    """CKA of each layer vs its initialisation and vs its final state over training; per layer, the
+    untrained-network null (CKA between independent initialisations) as a dashed level at the right,
+    and the largest permutation-null 95th percentile over layers as a dotted line."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    steps = evo["steps"]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(evo["vs_init"]))))
+    q95 = [r.get("permutation", {}).get("q95") for r in layer_summary.values()]
+    q95 = max((v for v in q95 if v is not None), default=None)
+    for ax, key, name in ((axes[0], "vs_init", "CKA(initialisation, step)"), (axes[1], "vs_final", "CKA(step, final)")):
+        for color, (layer, values) in zip(colors, evo[key].items()):
+            ax.plot(steps, values, marker="o", color=color, label=layer)
+            untrained = layer_summary.get(layer, {}).get("within", {}).get("untrained", {}).get("estimate")
+            if untrained is not None:
+                ax.plot([steps[-1] * 0.9, steps[-1]], [untrained] * 2, color=color, linestyle="--")
+        if q95 is not None:
+            ax.axhline(q95, label="permutation null, 95th pct", **PERMUTATION_STYLE)
+        ax.set_xscale("symlog", linthresh=max(1, steps[1] if len(steps) > 1 else 1))
+        ax.set_xlabel("training step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("linear CKA (dashed: untrained-network null per layer)")
+    _legend(axes[1], fontsize=7, ncol=2)
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -115,23 +233,3 @@ def prediction_examples(examples, path):
             ax.set_title(f"{title}: {name}", fontsize=8)
             ax.axis("off")
     return _save(fig, path)
-
-
-def model_heatmaps(matrices: dict, models: list[str], path, title: str = ""):
-    """Model × model CKA, one panel per layer (``matrices``: layer → M×M)."""
-    layers = list(matrices)
-    cols = min(4, len(layers))
-    rows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel()[len(layers):]:
-        ax.axis("off")
-    for ax, layer in zip(axes.ravel(), layers):
-        im = ax.imshow(np.asarray(matrices[layer]), vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(layer, fontsize=9)
-        ax.set_xticks(range(len(models)), models, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(models)), models, fontsize=6)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="linear CKA")
-    fig.suptitle(f"CKA between models per layer — {title}")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -6,41 +6,60 @@ with the same architecture reuse one compiled step.
 
 Resumable at two depths: a run whose workdir already holds its test ``summary.json`` is skipped, and an
 interrupted condition resumes from the latest checkpoint all its seeds saved (see :mod:`jaxfcn.train.multiseed`).
+
+Divergence never aborts the study. When a K-seed program stops on a non-finite loss
+(:class:`jaxfcn.train.loop.TrainingDiverged`), its seeds are resumed one at a time from their last
+checkpoints, so the seed that diverges is found and the others finish; that seed gets ``diverged.json``
+in its workdir (step, message, date) and status ``"diverged"``. A transfer run whose source model
+diverged has status ``"source diverged"`` and is not trained. Both are recorded in ``results.json`` and the
+report, left out of every statistic, and never retrained by a rerun (delete ``diverged.json`` to retry).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
+import re
 import time
 
 from jaxfcn.reproduce.grid import Run, conditions, plan, program_dir, run_config, task_label
+from jaxfcn.train import curves
 from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE, write_json_atomic
 
+DIVERGED_FILE = "diverged.json"
+OK, DIVERGED, SOURCE_DIVERGED = "ok", "diverged", "source diverged"
 
-def steps_to_fraction_of_final(workdir: str, fraction: float = 0.95) -> tuple[int | None, float | None]:
-    """(step, seconds) at the first validation reaching ``fraction`` × the run's final validation Dice.
 
-    Seconds are training time since the first logged step, so compilation is excluded.
-    """
-    records = []
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
-    evals = [r for r in records if r.get("val_dice") is not None and math.isfinite(r["val_dice"])]
-    if not evals:
-        return None, None
-    final = evals[-1]["val_dice"]
-    first = next(r for r in evals if r["val_dice"] >= fraction * final)
-    t0 = records[0].get("train_time_s") or 0.0
-    seconds = first.get("train_time_s")
-    return int(first["step"]), (None if seconds is None else float(seconds - t0))
+def is_real_case(case_id: str) -> bool:
+    """Whether a test case is a real image (the built-in tasks' unwarped held-out template, ``<t>_real``)
+    rather than a generated subject; every case of a user's MSD/nnU-Net folder is real but is not marked so."""
+    try:
+        from jaxfcn.data.subjects import is_real_case as builtin_rule
+    except ImportError:  # the built-in subjects' module defines the rule; this is its naming convention
+        return str(case_id).endswith("_real")
+    return builtin_rule(case_id)
+
+
+# ----------------------------------------------------------------------------------------- run state
+def diverged_info(run: Run) -> dict | None:
+    path = os.path.join(run.workdir, DIVERGED_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_status(run: Run) -> str:
+    if diverged_info(run) is not None:
+        return DIVERGED
+    if run.source_workdir and os.path.isfile(os.path.join(run.source_workdir, DIVERGED_FILE)):
+        return SOURCE_DIVERGED
+    return OK
 
 
 def is_done(run: Run) -> bool:
-    return os.path.isfile(os.path.join(run.workdir, EVAL_SUMMARY_FILE))
+    """Evaluated, or never to be trained (diverged, or its source did)."""
+    return run_status(run) != OK or os.path.isfile(os.path.join(run.workdir, EVAL_SUMMARY_FILE))
 
 
 def is_trained(run: Run, steps: int) -> bool:
@@ -51,35 +70,91 @@ def is_trained(run: Run, steps: int) -> bool:
         return json.load(f).get("final_step") == steps
 
 
+def mark_diverged(run: Run, error: Exception) -> None:
+    message = str(error)
+    step = re.search(r"at step (\d+)", message)
+    os.makedirs(run.workdir, exist_ok=True)
+    write_json_atomic(os.path.join(run.workdir, DIVERGED_FILE), {
+        "step": int(step.group(1)) if step else None, "message": message,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
+# ------------------------------------------------------------------------------------------ training
 def execute(condition: list[Run], config, datasets: dict) -> None:
     """Train (or resume) one condition's seeds together as one K-seed program, then evaluate each seed
-    on the test split. Transfer seeds start from their own source run (``Run.source_workdir``)."""
+    on the test split. Transfer seeds start from their own source run (``Run.source_workdir``). A
+    divergence is recorded, not raised (module docstring)."""
     from jaxfcn.train.evaluate import evaluate_run
+    from jaxfcn.train.loop import TrainingDiverged
     from jaxfcn.train.multiseed import train_seeds
 
     first = condition[0]
     c = run_config(config, first)
-    c.train.seed, c.train.num_seeds = first.seed, len(condition)
     key = (c.data.task, c.data.train_size)
     if key not in datasets:
         from jaxfcn.data import open_dataset
 
         datasets[key] = open_dataset(c.data, depth=c.model.depth, progress=False)
-    if not all(is_trained(run, c.train.steps) for run in condition):
+    steps = c.train.steps
+    pending = [r for r in condition if run_status(r) == OK and not is_trained(r, steps)]
+    if pending and len(pending) == len(condition):
+        c.train.seed, c.train.num_seeds = first.seed, len(condition)
         seed_inits = {run.seed: run.source_workdir for run in condition if run.source_workdir}
-        train_seeds(c, program_dir(first), dataset=datasets[key], progress=False, seed_inits=seed_inits)
+        try:
+            train_seeds(c, program_dir(first), dataset=datasets[key], progress=False, seed_inits=seed_inits)
+            pending = []
+        except TrainingDiverged:
+            pass  # find the seed: each resumes alone below from its last checkpoint
+    for run in pending:
+        _train_alone(run, config, datasets[key])
     for run in condition:
         if not is_done(run):
             evaluate_run(run.workdir, split="test", dataset=datasets[key], progress=False)
 
 
+def _train_alone(run: Run, config, dataset) -> None:
+    """Train (or resume) one seed of a condition in its own workdir, as ``jaxfcn train --seed s`` would;
+    a divergence marks the run."""
+    from jaxfcn.train.loop import TrainingDiverged, train_and_evaluate
+    from jaxfcn.train.multiseed import seed_config
+
+    try:
+        train_and_evaluate(seed_config(run_config(config, run), run.seed), run.workdir, dataset=dataset,
+                           progress=False)
+    except TrainingDiverged as error:
+        mark_diverged(run, error)
+
+
+# ------------------------------------------------------------------------------------------- records
 def run_record(run: Run) -> dict:
+    """What the claims need of one run: status, per-case test Dice (real cases marked), the val curve."""
+    status = run_status(run)
+    record = {"kind": run.kind, "target": task_label(run.task), "train_size": run.train_size,
+              "regime": run.regime, "seed": run.seed, "workdir": run.workdir, "status": status,
+              "diverged": diverged_info(run), "test_dice": None, "test_hd95": None, "test_cases": {},
+              "test_dice_real": None, "val_curve": None, "final_val_dice": None, "val_dice_auc": None}
+    if os.path.isfile(os.path.join(run.workdir, METRICS_FILE)):
+        steps, dice, _ = curves.validation_curve(curves.read_metrics(run.workdir))
+        record["val_curve"] = {"steps": steps.tolist(), "dice": dice.tolist()}
+        record["final_val_dice"] = float(dice[-1]) if dice.size else None
+        record["val_dice_auc"] = curves.curve_auc(steps, dice)
+    if status != OK:
+        return record
     with open(os.path.join(run.workdir, EVAL_SUMMARY_FILE)) as f:
         summary = json.load(f)
-    step95, sec95 = steps_to_fraction_of_final(run.workdir)
-    return {"kind": run.kind, "target": task_label(run.task), "train_size": run.train_size, "regime": run.regime,
-            "seed": run.seed, "workdir": run.workdir, "test_dice": summary["foreground_mean"]["Dice"],
-            "test_hd95": summary["foreground_mean"]["HD95"], "steps_to_95": step95, "seconds_to_95": sec95}
+    cases = {c["case_id"]: c["metrics"]["mean"]["Dice"] for c in summary["metric_per_case"]}
+    real = [d for case, d in cases.items() if is_real_case(case) and d is not None]
+    record.update(test_dice=summary["foreground_mean"]["Dice"], test_hd95=summary["foreground_mean"]["HD95"],
+                  test_cases=cases, test_dice_real=sum(real) / len(real) if real else None)
+    return record
+
+
+def design(config, sources: list[Run], targets: list[Run]) -> dict:
+    s = config.study
+    return {"grid": s.get("grid", "custom"), "source": task_label(s.source),
+            "targets": [task_label(t) for t in s.targets], "train_sizes": list(s.train_sizes),
+            "regimes": list(s.regimes), "seeds": sorted({r.seed for r in targets}),
+            "source_steps": s.source_steps, "target_steps": s.target_steps, "runs": len(sources) + len(targets)}
 
 
 def about(started: float) -> dict:
@@ -91,6 +166,15 @@ def about(started: float) -> dict:
             "total time": f"{(time.time() - started) / 60:.1f} min",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "data": "built-in MRI: see docs/data.md for sources, citations and licences"}
+
+
+def _progress_line(run: Run, seconds: float, seeds: int) -> str:
+    record = run_record(run)
+    if record["status"] != OK:
+        detail = (record["diverged"] or {}).get("message", "") if record["status"] == DIVERGED else ""
+        return f"{record['status']:>5}  {run.label}" + (f": {detail}" if detail else "")
+    return (f"done  {run.label}: test Dice {record['test_dice']:.3f} "
+            f"({seconds:.0f} s per seed, {seeds} seeds in one program)")
 
 
 def run_study(config, out_dir: str, progress: bool = True) -> dict:
@@ -110,16 +194,23 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
             execute(condition, config, datasets)
             seconds = (time.time() - t0) / len(condition)
             for run in condition:
-                tqdm.write(f"done  {run.label}: test Dice {run_record(run)['test_dice']:.3f} "
-                           f"({seconds:.0f} s per seed, {len(condition)} seeds in one program)")
+                tqdm.write(_progress_line(run, seconds, len(condition)))
         bar.update(len(condition))
     bar.close()
-    results = {"runs": [run_record(r) for r in targets], "source": [run_record(r) for r in sources]}
-    results.update(analysis.analyse(config, sources, targets, out_dir, progress=progress))
+    results = {"design": design(config, sources, targets), "runs": [run_record(r) for r in targets],
+               "source": [run_record(r) for r in sources]}
+    status = {r["workdir"]: r["status"] for r in results["runs"] + results["source"]}
+    results.update(analysis.analyse(config, sources, targets, status, progress=progress))
     results["about"] = about(started)
-    rows = claims.evaluate_claims(results)
-    results["claims"] = rows
-    figures = analysis.figures(results, out_dir, config)
+    results["claims"], results["tests"] = claims.evaluate_claims(results)
+    results["conditions"] = claims.condition_summary(results, is_real=is_real_case)
+    results["cka_summary"] = claims.cka_summary(results)
+    results["rules"] = {"version": claims.RULES_VERSION, "rules": {str(k): v for k, v in claims.RULES.items()},
+                        "common": claims.COMMON_RULE, "deviations": claims.DEVIATIONS,
+                        "constants": {"dice_floor": claims.DICE_FLOOR, "target_fraction": claims.TARGET_FRACTION,
+                                      "frozen_level": claims.FROZEN_LEVEL, "bootstrap_draws": claims.BOOTSTRAP_DRAWS,
+                                      "min_seeds": claims.MIN_SEEDS}}
+    figures = analysis.figures(results, out_dir, config, is_real=is_real_case)
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    report.write_report(results, rows, figures, out_dir)
+    report.write_report(results, figures, out_dir)
     return results
