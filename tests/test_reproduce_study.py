@@ -194,3 +194,13 @@ def test_quick_grid_report_says_smoke_test_in_its_first_line():
     text = report_module.render({"design": design, "claims": []}, {}, ".")
     assert text.splitlines()[0].startswith("**Pipeline smoke test, not a finding**: the --quick grid.")
     assert text.splitlines()[2].startswith("# jaxfcn study")
+
+
+@pytest.mark.parametrize("setting,message", [("study.cka_estimator=rbf", "study.cka_estimator='rbf': choose from"),
+                                             ("study.probe_images=3", "debiased CKA needs at least 4")])
+def test_bad_cka_settings_are_refused_before_anything_is_written(setting, message, tmp_path, capsys):
+    config = tmp_path / "grid.py"
+    config.write_text(CONFIG)
+    out = tmp_path / "out"
+    assert main(["reproduce", "--config", str(config), "--out", str(out), "--set", setting]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -50,12 +50,25 @@ def study_setting(config, key: str):
     return config.study.get(key, CKA_DEFAULTS.get(key))
 
 
-def cka_settings(config, probes: dict[str, int]) -> dict:
+def check_settings(config) -> None:
+    """The study's CKA settings, checked before anything trains (UserError naming the key)."""
     from jaxfcn.errors import UserError
 
     estimator = study_setting(config, "cka_estimator")
     if estimator not in CKA_ESTIMATORS:
         raise UserError(f"study.cka_estimator={estimator!r}: choose from {', '.join(CKA_ESTIMATORS)}")
+    minimum = 4 if estimator == "debiased" else 2  # the unbiased HSIC divides by n(n−3)
+    if int(config.study.probe_images) < minimum:
+        raise UserError(f"study.probe_images={config.study.probe_images}: {estimator} CKA needs at least {minimum}")
+    if int(study_setting(config, "cka_max_features")) < 1:
+        raise UserError(f"study.cka_max_features={study_setting(config, 'cka_max_features')}: must be ≥ 1")
+    if int(study_setting(config, "cka_permutations")) < 0:
+        raise UserError(f"study.cka_permutations={study_setting(config, 'cka_permutations')}: must be ≥ 0")
+
+
+def cka_settings(config, probes: dict[str, int]) -> dict:
+    check_settings(config)
+    estimator = study_setting(config, "cka_estimator")
     max_features = int(study_setting(config, "cka_max_features"))
     return {"estimator": estimator, "kernel": "linear", "probes": probes, "probe_split": "val",
             "convention": "images", "max_features": max_features,

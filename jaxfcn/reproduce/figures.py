@@ -195,8 +195,8 @@ def model_heatmaps(target_cka: dict, path, title: str = ""):
 
 def evolution(evo: dict, layer_summary: dict, title: str, path):
     """CKA of each layer vs its initialisation and vs its final state over training; per layer, the
-    untrained-network null (CKA between independent initialisations) as a dashed level at the right,
-    and the largest permutation-null 95th percentile over layers as a dotted line."""
+    untrained-network null (CKA between independent initialisations) as a dashed level in the layer's
+    colour, and the largest permutation-null 95th percentile over layers as a dotted line."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     steps = evo["steps"]
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(evo["vs_init"]))))
@@ -207,7 +207,7 @@ def evolution(evo: dict, layer_summary: dict, title: str, path):
             ax.plot(steps, values, marker="o", color=color, label=layer)
             untrained = layer_summary.get(layer, {}).get("within", {}).get("untrained", {}).get("estimate")
             if untrained is not None:
-                ax.plot([steps[-1] * 0.9, steps[-1]], [untrained] * 2, color=color, linestyle="--")
+                ax.axhline(untrained, color=color, linestyle="--", linewidth=1, alpha=0.6)
         if q95 is not None:
             ax.axhline(q95, label="permutation null, 95th pct", **PERMUTATION_STYLE)
         ax.set_xscale("symlog", linthresh=max(1, steps[1] if len(steps) > 1 else 1))

@@ -183,8 +183,9 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     from jaxfcn.reproduce import analysis, claims, report
 
     started = time.time()
-    os.makedirs(out_dir, exist_ok=True)
     sources, targets = plan(config, out_dir)
+    analysis.check_settings(config)  # before anything is written or trained
+    os.makedirs(out_dir, exist_ok=True)
     runs = sources + targets
     datasets: dict = {}
     bar = tqdm(total=len(runs), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
