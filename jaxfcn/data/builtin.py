@@ -45,6 +45,9 @@ TEMPLATE_CODE = {"sym09a": 1, "fsl": 2, "asym09c": 3}  # part of each subject's 
 TEMPLATE_SPLIT = {"train": ("sym09a",), "val": ("fsl",), "test": ("asym09c",)}
 ROLE_OFFSET = {"source": 0, "target": 10_000}
 MAX_SUBJECTS = 10_000  # per split and role: the role offsets keep source and target indices apart
+# Box rendered around every template's brain centre: the largest brain (145 × 182 × 155 mm, sym09a and
+# asym09c) plus at least 20 mm all round. One box for all three templates: one compiled program.
+SUBJECT_BOX_MM = (188.0, 224.0, 196.0)
 
 # Neuromorphometrics index lists, by the names in labels_neuromorphometrics.csv.
 _SUBCORTICAL = {
@@ -176,7 +179,7 @@ def generator(task: str, template: str, spacing: float, settings):
     """The subject generator of one template and task on the ``spacing`` mm grid (cached per process)."""
     from jaxfcn.data.subjects import SubjectGenerator
 
-    return SubjectGenerator(anatomy(task, template), spacing, settings)
+    return SubjectGenerator(anatomy(task, template), spacing, settings, extent_mm=SUBJECT_BOX_MM)
 
 
 def subject_indices(task: str, count: int) -> list[int]:

@@ -1,11 +1,12 @@
-"""``jaxfcn data list|prepare|check|show``: inspect, prepare and verify datasets from the command line.
+"""``jaxfcn data list|prepare|check|show|export``: inspect, prepare and verify datasets from the command line.
 
 Examples::
 
     jaxfcn data list                                   # built-in tasks, classes, example counts
     jaxfcn data prepare subcortical --set data.spacing=1.5
     jaxfcn data check /data/Task04_Hippocampus         # exit 1 and one line per problem if any
-    jaxfcn data show tissue --out tissue.png
+    jaxfcn data show tissue --out tissue.png           # the real template and three of its subjects
+    jaxfcn data export subcortical --subjects 8 --out /data/jaxfcn_subcortical
 """
 from __future__ import annotations
 
@@ -93,15 +94,20 @@ def cmd_show(args) -> int:
     config = _config(args)
     data = config.data
     multiple = 2 ** config.model.depth
+    if args.cases < 1:
+        raise UserError(f"--cases {args.cases}: must be at least 1")
     if builtin.is_builtin(data.task):
         from jaxfcn.data.dataset import Case
-        from jaxfcn.data.preprocess import crop_and_pad_case, zscore_nonzero
+        from jaxfcn.data.preprocess import zscore_nonzero
 
+        # The real training template, then its first subjects, all on one grid: rows differ only by subject.
+        (template,) = builtin.TEMPLATE_SPLIT["train"]
+        indices = [None] + builtin.subject_indices(data.task, max(1, args.cases - 1))
+        maker = builtin.generator(data.task, template, float(data.spacing), builtin.subject_settings(data))
         cases = []
-        for template in builtin.TEMPLATES[:args.cases]:
-            raw = builtin.template_case(data.task, template, float(data.spacing))
-            case = Case(raw.case_id, zscore_nonzero(raw.image), raw.label, raw.affine, raw.spacing)
-            cases.append(crop_and_pad_case(case, multiple))
+        for subject in maker.render(indices):
+            case = builtin.subject_case(subject, float(data.spacing))
+            cases.append(Case(case.case_id, zscore_nonzero(case.image), case.label, case.affine, case.spacing))
         class_names = builtin.TASKS[data.task]
     else:
         from jaxfcn.data.folders import load_case, read_folder_spec
@@ -120,6 +126,17 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from jaxfcn.data.export import export_subjects
+
+    config = _config(args)
+    meta = export_subjects(args.task, args.subjects, args.out, config.data, progress=not args.quiet)
+    print(f"wrote {args.out}: {meta['numTraining']} training subjects (imagesTr, labelsTr) and "
+          f"{meta['numTest']} test cases (imagesTs, labelsTs; the real held-out template first) at "
+          f"{config.data.spacing} mm; check it with `jaxfcn data check {args.out}`")
+    return 0
+
+
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="list, prepare, check and show datasets")
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -131,7 +148,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("prepare", help="materialise the prepared cache of a built-in task or a folder")
-    p.add_argument("task", metavar="NAME|PATH", help="built-in task (tissue, subcortical, structures) or folder")
+    p.add_argument("task", metavar="NAME|PATH", help="built-in task (see `jaxfcn data list`) or folder")
     _add_config_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare)
@@ -140,9 +157,19 @@ def register(subparsers) -> None:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("export", help="write built-in subjects as an MSD / nnU-Net folder (NIfTI)")
+    p.add_argument("task", metavar="NAME", help="built-in task")
+    p.add_argument("--subjects", type=int, required=True, metavar="N", help="training subjects to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder")
+    _add_config_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("show", help="PNG montage of slices with label overlays")
     p.add_argument("task", metavar="NAME|PATH")
     p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--cases", type=int, default=3, help="how many cases (rows) to show (default 3)")
+    p.add_argument("--cases", type=int, default=4,
+                   help="rows: built-in tasks show the real training template and its first subjects; "
+                        "folders their first cases (default 4)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_show)

@@ -60,11 +60,13 @@ class SubjectSettings:
 
     warp_rms_mm: tuple[float, float] = (2.0, 3.0)  # RMS of the velocity field inside the brain (uniform)
     warp_smoothing_mm: float = 10.0  # σ of the Gaussian that smooths the velocity noise
-    control_spacing_mm: float = 4.0  # control grid of the velocity and bias fields
+    warp_heterogeneity: float = 0.25  # σ of the log of a smooth envelope on the velocity's amplitude
+    control_spacing_mm: float = 8.0  # control grid of the velocity and bias fields (≤ σ: no aliasing)
     squaring_steps: int = 7
     rotation_deg: float = 8.0
     scaling: float = 0.08
     translation_mm: float = 5.0
+    affine_sigmas: float = 4.0  # the bounds above are this many σ of a truncated normal (most poses are mild)
     bias: float = 0.15
     bias_smoothing_mm: float = 40.0
     gamma: tuple[float, float] = (0.8, 1.25)
@@ -128,6 +130,42 @@ def _axis_aligned(affine: np.ndarray) -> np.ndarray:
     return np.diag(linear)
 
 
+_SOURCES: dict = {}  # (id of the T1 array, factors, size, start) → (the array, scale, source); see below
+
+
+def _prepared_source(image: np.ndarray, factors: np.ndarray, size, start) -> tuple[float, np.ndarray]:
+    """``(scale, (X, Y, Z, 2) [T1 / scale, brain mask])``: the T1 scaled so its 99.5th percentile inside
+    the brain is 1, cut to the box ``start, size`` (zero-padded), both channels smoothed by σ = (factor −
+    1)/2 voxels against aliasing (as :func:`jaxfcn.data.volume.resample` does). Cached per T1 array
+    (every task of a template shares its T1) for the last few boxes."""
+    from scipy import ndimage
+
+    from jaxfcn.data.preprocess import crop_pad
+
+    key = (id(image), tuple(np.round(factors, 6)), tuple(int(v) for v in size), tuple(int(v) for v in start))
+    if key in _SOURCES and _SOURCES[key][0] is image:
+        return _SOURCES[key][1:]
+    brain = image > 0
+    scale = float(np.percentile(image[brain], 99.5))
+    t1 = crop_pad(image / np.float32(scale), size, start).astype(np.float32)
+    mask = crop_pad(brain.astype(np.float32), size, start)
+    sigma = np.maximum(0.0, (np.asarray(factors) - 1) / 2)
+    if sigma.any():
+        t1, mask = ndimage.gaussian_filter(t1, sigma), ndimage.gaussian_filter(mask, sigma)
+    source = np.stack([t1, mask], -1)
+    source.flags.writeable = False
+    while len(_SOURCES) >= 6:
+        _SOURCES.pop(next(iter(_SOURCES)))
+    _SOURCES[key] = (image, scale, source)
+    return scale, source
+
+
+def _voxel_of(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Voxel coordinates of world ``points`` (..., 3) on the grid of ``affine``."""
+    inverse = np.linalg.inv(affine)
+    return np.asarray(points) @ inverse[:3, :3].T + inverse[:3, 3]
+
+
 def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
     """(len(positions), size) linear interpolation weights at fractional ``positions``, edge-clamped."""
     q = np.clip(positions, 0, size - 1)
@@ -139,6 +177,16 @@ def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
     if size > 1:
         matrix[rows, lo + 1] += frac
     return matrix
+
+
+def _edge_taper(shape, spacing: float, width: float) -> np.ndarray:
+    """1 inside, falling as sin² to 0 over ``width`` mm at the faces of the grid: the velocity field goes
+    to zero at the box's edges (where truncated smoothing and edge clamping would otherwise fold it)."""
+    ramps = []
+    for n in shape:
+        distance = np.minimum(np.arange(n), n - 1 - np.arange(n)) * spacing
+        ramps.append(np.sin(np.pi / 2 * np.clip(distance / width, 0, 1)) ** 2)
+    return (ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]).astype(np.float32)
 
 
 def _gaussian_matrix(size: int, sigma_voxels: float) -> np.ndarray:
@@ -160,9 +208,14 @@ class _Spec(NamedTuple):
 
 
 class SubjectGenerator:
-    """Renders subjects of one :class:`Anatomy` on its grid at ``spacing`` mm (the experiment's grid)."""
+    """Renders subjects of one :class:`Anatomy` on its grid at ``spacing`` mm (the experiment's grid).
 
-    def __init__(self, anatomy: Anatomy, spacing: float, settings: SubjectSettings = SubjectSettings()):
+    The output box is ``extent_mm`` centred on the brain. Templates given the same extent share one
+    compiled program (the shapes are equal), which is why the built-in tasks fix it.
+    """
+
+    def __init__(self, anatomy: Anatomy, spacing: float, settings: SubjectSettings = SubjectSettings(),
+                 extent_mm: Sequence[float] | None = None):
         from scipy import ndimage
 
         from jaxfcn.data.volume import grid_at_spacing, shift_affine
@@ -173,45 +226,39 @@ class SubjectGenerator:
         brain = anatomy.image > 0
         if not brain.any():
             raise ValueError(f"{anatomy.name}: empty brain mask")
-        # Brain box in world mm (voxel centres), then the source cropped around it (faster gathers).
+        # The box: `extent_mm` centred on the brain (default: the brain's extent plus MARGIN_MM all round).
         idx = np.argwhere(brain)
-        lo_vox, hi_vox = idx.min(0), idx.max(0)
         world = lambda v: anatomy.image_affine[:3, :3] @ v + anatomy.image_affine[:3, 3]
-        self.brain_lo, self.brain_hi = world(lo_vox), world(hi_vox)
-        self.brain_centre = (self.brain_lo + self.brain_hi) / 2
-        pad = np.ceil(MARGIN_MM / src_sizes).astype(int)
-        start = np.maximum(lo_vox - pad, 0)
-        stop = np.minimum(hi_vox + pad + 1, anatomy.image.shape)
-        crop = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        scale = float(np.percentile(anatomy.image[brain], 99.5))
-        self.intensity_scale = scale  # template units per unit of the rendered images
-        image = (anatomy.image / scale).astype(np.float32)
-        mask = brain.astype(np.float32)
-        sigma = np.maximum(0.0, (self.spacing / src_sizes - 1) / 2)
-        if sigma.any():  # anti-aliasing, as jaxfcn.data.volume.resample does
-            image, mask = ndimage.gaussian_filter(image, sigma), ndimage.gaussian_filter(mask, sigma)
-        self._source = np.stack([image[crop], mask[crop]], -1)
+        brain_lo, brain_hi = world(idx.min(0)), world(idx.max(0))
+        self.brain_centre = (brain_lo + brain_hi) / 2
+        extent = brain_hi - brain_lo + 2 * MARGIN_MM if extent_mm is None else np.asarray(extent_mm, float)
+        if (extent < brain_hi - brain_lo).any():
+            raise ValueError(f"{anatomy.name}: extent_mm {tuple(extent)} is smaller than the brain")
+        self.extent_mm = tuple(float(v) for v in extent)
+
+        # Source: the 1 mm T1 and brain mask, cut to the box (zero-padded), scaled, anti-aliased once.
+        size = np.ceil(extent / src_sizes).astype(int) + 2
+        start = np.floor(_voxel_of(anatomy.image_affine, self.brain_centre) - (size - 1) / 2).astype(int)
+        self.intensity_scale, self._source = _prepared_source(anatomy.image, self.spacing / src_sizes, size, start)
         self._source_affine = shift_affine(anatomy.image_affine, start)
 
-        # Output grid: the template's grid at `spacing`, boxed to the brain plus the margin.
+        # Output grid: the template's own grid at `spacing` (so the real case is the template resampled),
+        # cut to the box.
         full_affine, _ = grid_at_spacing(anatomy.image_affine, anatomy.image.shape, self.spacing)
-        inverse = np.linalg.inv(full_affine)
-        lo_out = np.floor(inverse[:3, :3] @ (self.brain_lo - MARGIN_MM) + inverse[:3, 3]).astype(int)
-        hi_out = np.ceil(inverse[:3, :3] @ (self.brain_hi + MARGIN_MM) + inverse[:3, 3]).astype(int)
+        out_sizes = _axis_aligned(full_affine)
+        self.shape = tuple(int(v) for v in np.ceil(extent / out_sizes))
+        lo_out = np.round(_voxel_of(full_affine, self.brain_centre) - (np.asarray(self.shape) - 1) / 2).astype(int)
         self.affine = shift_affine(full_affine, lo_out)
-        self.shape = tuple(int(v) for v in hi_out - lo_out + 1)
-        out_sizes = _axis_aligned(self.affine)
         out_axes = [self.affine[a, 3] + out_sizes[a] * np.arange(n) for a, n in enumerate(self.shape)]
 
         # Control grid in world mm (independent of `spacing`, so a subject is the same at every spacing).
         h = settings.control_spacing_mm
-        origin = self.brain_lo - MARGIN_MM
-        coarse_shape = tuple(int(v) for v in np.ceil((self.brain_hi - self.brain_lo + 2 * MARGIN_MM) / h) + 1)
+        origin = self.brain_centre - extent / 2
+        coarse_shape = tuple(int(v) for v in np.ceil(extent / h) + 1)
         coarse_axes = [origin[a] + h * np.arange(n) for a, n in enumerate(coarse_shape)]
-        points = np.stack(np.meshgrid(*coarse_axes, indexing="ij"), -1)
-        mask_coords = np.linalg.inv(anatomy.image_affine) @ np.concatenate(
-            [points.reshape(-1, 3).T, np.ones((1, points[..., 0].size))])
-        coarse_mask = ndimage.map_coordinates(brain.astype(np.float32), mask_coords[:3], order=1) >= 0.5
+        points = np.stack(np.meshgrid(*coarse_axes, indexing="ij"), -1).reshape(-1, 3)
+        coarse_mask = ndimage.map_coordinates(brain.astype(np.float32), _voxel_of(anatomy.image_affine, points).T,
+                                              order=1) >= 0.5
         self._arrays = {
             "source": self._source,
             "source_inverse": np.linalg.inv(self._source_affine).astype(np.float32),
@@ -222,6 +269,7 @@ class SubjectGenerator:
             "smooth_warp": [_gaussian_matrix(n, settings.warp_smoothing_mm / h) for n in coarse_shape],
             "smooth_bias": [_gaussian_matrix(n, settings.bias_smoothing_mm / h) for n in coarse_shape],
             "coarse_mask": coarse_mask.reshape(coarse_shape).astype(np.float32),
+            "taper": _edge_taper(coarse_shape, h, MARGIN_MM),
             "centre": self.brain_centre.astype(np.float32),
         }
         # The class count shapes only the one-hot program: nearest-neighbour tasks share one program.
@@ -238,6 +286,7 @@ class SubjectGenerator:
         return {"velocity": rng.standard_normal(coarse + (3,), np.float32),
                 "bias": rng.standard_normal(coarse, np.float32),
                 "unit": rng.random(UNIT_DRAWS, np.float32),
+                "envelope": rng.standard_normal(coarse, np.float32),
                 "noise": rng.standard_normal(self._spec.out_shape, np.float32),
                 "warped": np.asarray(index is not None)}
 
@@ -377,6 +426,11 @@ def _render_one(draws, arrays, *, spec: _Spec, spacing: float, h: float, setting
     # 1. Stationary velocity field → diffeomorphism by scaling and squaring (coarse grid, voxel units).
     mask = arrays["coarse_mask"]
     v = _separable(draws["velocity"], arrays["smooth_warp"])
+    # A smooth log-normal envelope (the bias field's scale) lets some regions vary more than others, as
+    # anatomy does: it sets the ratio of the largest displacement to the RMS.
+    envelope = _separable(draws["envelope"], arrays["smooth_bias"])
+    envelope = envelope / jnp.sqrt(jnp.maximum((mask * envelope ** 2).sum() / jnp.maximum(mask.sum(), 1.0), 1e-12))
+    v = v * (jnp.exp(s.warp_heterogeneity * envelope) * arrays["taper"])[..., None]
     rms = jnp.sqrt((mask[..., None] * v ** 2).sum() / jnp.maximum(mask.sum(), 1.0))
     target = uniform("rms", *s.warp_rms_mm)
     u = v * (on * target / (h * jnp.maximum(rms, 1e-12)) / 2.0 ** spec.squaring_steps)
@@ -389,9 +443,13 @@ def _render_one(draws, arrays, *, spec: _Spec, spacing: float, h: float, setting
     warp_max = (mask * magnitude).max()
 
     # 2. Affine about the brain centre.
-    angles = uniform("angles", -1.0, 1.0) * np.deg2rad(s.rotation_deg) * on
-    scales = 1.0 + uniform("scales", -s.scaling, s.scaling) * on
-    shift = uniform("shift", -s.translation_mm, s.translation_mm) * on
+    def bounded(name: str):  # normal with σ = 1 / affine_sigmas, truncated to [−1, 1]
+        edge = jax.scipy.stats.norm.cdf(-s.affine_sigmas)
+        return jax.scipy.special.ndtri(uniform(name, edge, 1.0 - edge)) / s.affine_sigmas
+
+    angles = bounded("angles") * np.deg2rad(s.rotation_deg) * on
+    scales = 1.0 + bounded("scales") * s.scaling * on
+    shift = bounded("shift") * s.translation_mm * on
     linear = _rotation(angles) * scales[None, :]
     centre = arrays["centre"]
     offset = centre - linear @ centre + shift
