@@ -466,7 +466,8 @@ class MinibatchCKA:
     def __init__(self, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
                  block_rows: int | None = None, on_constant: str = "error", rbf_bandwidth: str = "kornblith"):
         _check_options(kernel, on_constant, block_rows, rbf_bandwidth)
-        self.kernel, self.debiased, self.rbf_threshold, self.rbf_bandwidth = kernel, debiased, rbf_threshold, rbf_bandwidth
+        self.kernel, self.debiased, self.rbf_bandwidth = kernel, debiased, rbf_bandwidth
+        self.rbf_threshold = rbf_threshold
         self.block_rows, self.on_constant = block_rows, on_constant
         self._sum = None
         self.batches = 0

@@ -356,8 +356,8 @@ def claim_gain_dependence(data: StudyData) -> Draft:
     numbers = {"gain": table, "slope": {t: interval(s) for t, s in slopes.items()}, "below_floor": below,
                "random_dice_at_largest": hardness}
     if not slopes:
-        return Draft(2, numbers=numbers, note="needs a target above the floor with transfer and random-init runs "
-                                              "at ≥ 2 sizes" + (f"; below the floor: {'; '.join(below)}" if below else ""))
+        note = "needs a target above the floor with transfer and random-init runs at ≥ 2 sizes"
+        return Draft(2, numbers=numbers, note=note + (f"; below the floor: {'; '.join(below)}" if below else ""))
     tests = [bootstrap_test("2a: slope of gain on size rank", _mean_rows(list(slopes.values())), claimed=-1,
                             claim="2")]
     pair = None
@@ -422,8 +422,8 @@ def claim_frozen_encoder(data: StudyData) -> Draft:
                                               + (f"; below the floor: {'; '.join(below)}" if below else ""))
 
     def decide():
-        parts = [f"{t['target']} (n={t['train_size'] or 'all'}): frozen/random {format_interval(ratios[t['target']], 2)}, "
-                 f"frozen − {FROZEN_LEVEL}×random {_describe(t)}" for t in tests]
+        parts = [f"{t['target']} (n={t['train_size'] or 'all'}): frozen/random "
+                 f"{format_interval(ratios[t['target']], 2)}, frozen − {FROZEN_LEVEL}×random {_describe(t)}" for t in tests]
         if below:
             parts.append("insufficient (below the floor): " + "; ".join(below))
         return _all_tests_rule([outcome(t) for t in tests]), "; ".join(parts)
