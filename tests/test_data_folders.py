@@ -76,6 +76,16 @@ def test_nnunet_noncontiguous_labels_and_folds(folders, prepared_cache):
     with pytest.raises(UserError, match="data.fold"):
         open_dataset(tiny(folders["nnunet"], fold=2), depth=2, progress=False)
 
+    # data.train_size counts cases (subjects), as for the built-in tasks: one case brings all its slices.
+    assert dataset.num_cases("train") == 2 and set(dataset.case_ids["train"]) == ids_train(splits[0])
+    one = open_dataset(tiny(folders["nnunet"], train_size=1), depth=2, progress=False)
+    (kept,) = set(one.example_case_ids("train"))
+    assert one.num_examples("train") == dataset.example_case_ids("train").count(kept)
+
+
+def ids_train(split) -> set:
+    return {c.case_id for c in split["train"]}
+
 
 @pytest.mark.parametrize("case_index", [1, 2])  # first axis reversed; axes permuted (L-I-A)
 def test_orientation_round_trip_is_exact(folders, case_index):

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 BUILDER_NAME = "jaxfcn_prepared"
+SPLIT_BUFFER_BYTES = 64 << 30  # largest split written without TensorFlow (held in memory while written)
 
 
 class PreparedExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -39,8 +40,12 @@ class PreparedExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=self._example_shape + (self._channels,), dtype=np.float32),
-            "label": tfds.features.Tensor(shape=self._example_shape, dtype=np.uint8),
+            # Raw bytes: the default encoding writes one protobuf list entry per voxel (an int64 for each
+            # label voxel), which made serialisation most of the preparation time.
+            "image": tfds.features.Tensor(shape=self._example_shape + (self._channels,), dtype=np.float32,
+                                          encoding=tfds.features.Encoding.BYTES),
+            "label": tfds.features.Tensor(shape=self._example_shape, dtype=np.uint8,
+                                          encoding=tfds.features.Encoding.BYTES),
             "case": tfds.features.Scalar(dtype=np.int32),  # index into the split's case list
             "axis": tfds.features.Scalar(dtype=np.int32),  # 2D: slicing axis (0 sag, 1 cor, 2 ax); 3D: -1
             "position": tfds.features.Scalar(dtype=np.int32),  # 2D: slice index; 3D: flat patch start
@@ -59,6 +64,11 @@ class PreparedExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def write(data_dir: str, example_shape, channels: int, splits: dict[str, Callable[[], Iterable[dict]]]) -> None:
     """Write the splits into ``data_dir`` (tfds' own progress bars and banner are silenced; callers show theirs)."""
     tfds.disable_progress_bar()
+    # tfds buffers a split's serialised examples in memory and spills beyond 1 GB to temporary files
+    # through tf.io.gfile, i.e. TensorFlow, which jaxfcn does not install: keep every split in memory.
+    from tensorflow_datasets.core import shuffle
+
+    shuffle.MAX_MEM_BUFFER_SIZE = max(shuffle.MAX_MEM_BUFFER_SIZE, SPLIT_BUFFER_BYTES)
     builder = PreparedExamples(example_shape=example_shape, channels=channels, splits=splits, data_dir=data_dir,
                                file_format="array_record")
     with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing dataset ..."
