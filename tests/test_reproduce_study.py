@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from jaxfcn.cli import main
+from jaxfcn.analysis.filters import kernel_leaves
 from jaxfcn.reproduce import report as report_module
+from jaxfcn.reproduce.grid import SOURCE_SEED_OFFSET
 from jaxfcn.train.checkpoint import load_params, snapshot_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -125,7 +127,7 @@ def test_cka_is_debiased_with_both_null_baselines(study):
     assert cka["probes"] == 6 and set(cka["members"]) == {"random", "transfer", "frozen_random", "source", "untrained"}
     models = cka["models"]
     assert [models[i] for i in cka["members"]["untrained"]] == ["untrained/0", "untrained/1", "untrained/2"]
-    assert [models[i] for i in cka["members"]["source"]] == ["source/0", "source/1", "source/2"]
+    assert [models[i] for i in cka["members"]["source"]] == ["source/0", "source/1", "source/2"]  # by target seed
     for layer in cka["layers"]:
         m = np.asarray(cka["matrices"][layer])
         np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-5)
@@ -140,7 +142,9 @@ def test_conditions_train_as_programs_from_their_own_source_seed(study):
     out = study["out"]
     condition = out / "runs" / "Dataset002_Target" / "nall" / "transfer"
     assert json.loads((condition / "seeds.json").read_text())["seeds"] == [0, 1, 2]
-    sources = [load_params(str(out / "source" / f"seed_{s}")) for s in (0, 1, 2)]
+    source_dirs = [str(out / "source" / f"seed_{SOURCE_SEED_OFFSET + s}") for s in (0, 1, 2)]
+    sources = [load_params(d) for d in source_dirs]
+    random_init = out / "runs" / "Dataset002_Target" / "nall" / "random"
     for seed in (0, 1, 2):
         member = str(condition / f"seed_{seed}")
         assert snapshot_steps(member)[0] == 0
@@ -148,6 +152,10 @@ def test_conditions_train_as_programs_from_their_own_source_seed(study):
         for other, source in enumerate(sources):
             same = jax.tree.all(jax.tree.map(np.array_equal, start["encoder"], source["encoder"]))
             assert same == (other == seed), (seed, other)
+        # a source does not start where the random-init run of the same seed starts (no shared init)
+        source_start = kernel_leaves(load_params(source_dirs[seed], 0)["encoder"])
+        random_start = kernel_leaves(load_params(str(random_init / f"seed_{seed}"), 0)["encoder"])
+        assert source_start and not any(np.array_equal(source_start[k], random_start[k]) for k in source_start)
 
 
 def test_rerun_trains_nothing_and_resumes_a_lone_seed_in_its_program(study):

@@ -2,10 +2,10 @@
 
 Layout under the study's output folder::
 
-    OUT/source/seed_<s>/                                 # source pretraining runs
+    OUT/source/seed_<1000+s>/                            # source pretraining runs (see SOURCE_SEED_OFFSET)
     OUT/runs/<target>/n<size>/<regime>/seed_<s>/          # target runs (size "all" when 0)
 
-Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source seed ``s``:
+Every run folder is an ordinary jaxfcn workdir. Transfer regimes of seed ``s`` start from source run ``s``:
 one source model per target seed, so the seeds of a transfer condition are independent replicates of the
 whole pipeline (source pretraining included), not fine-tunings of a shared model. The seeds of one condition (the source, or one target × size × regime) are trained
 together as one K-seed program (:mod:`jaxfcn.train.multiseed`) whose folder is the ``seed_<s>`` folders'
@@ -59,6 +59,12 @@ class Run:
         return f"{self.task} n={self.train_size or 'all'} {self.regime} seed {self.seed}"
 
 
+# Source run seeds are offset from the target seeds: with the same seed and architecture, source seed s and
+# random-init target seed s would start from bitwise-equal encoder weights, making transfer seed s a close
+# relative of random seed s and inflating every transfer-vs-random similarity.
+SOURCE_SEED_OFFSET = 1000
+
+
 def task_label(task: str) -> str:
     """A folder-safe name for a built-in task or a dataset folder."""
     return os.path.basename(os.path.normpath(str(task))) or "task"
@@ -76,7 +82,8 @@ def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
         raise UserError(f"study.source_seeds={s.source_seeds}: each transfer seed has its own source model, so "
                         f"the study trains study.seeds={s.seeds} sources; set study.source_seeds=0")
     needs_source = any(REGIMES[r].from_source for r in s.regimes)
-    sources = [Run("source", s.source, seed, os.path.join(out_dir, "source", f"seed_{seed}"))
+    sources = [Run("source", s.source, SOURCE_SEED_OFFSET + seed,
+                   os.path.join(out_dir, "source", f"seed_{SOURCE_SEED_OFFSET + seed}"))
                for seed in range(s.seeds)] if needs_source else []
     targets = []
     for target in s.targets:
