@@ -66,7 +66,27 @@ _VENTRICLES = {
     "fourth_ventricle": ("4th_Ventricle",),
 }
 _HIPPOCAMPUS_AMYGDALA = {name: _SUBCORTICAL[name] for name in ("hippocampus", "amygdala")}
-_MEMBERS = {"subcortical": _SUBCORTICAL, "ventricles": _VENTRICLES, "hippocampus_amygdala": _HIPPOCAMPUS_AMYGDALA}
+_DEEP_NUCLEI = {name: _SUBCORTICAL[name] for name in ("caudate", "putamen", "thalamus")}
+# Cortical lobes from the Neuromorphometrics parcel abbreviations (both hemispheres). Their borders follow
+# sulci and position, not intensity, so the task needs spatial context that tissue contrast does not give.
+_LOBE_PARCELS = {
+    "frontal": ("AOrG", "FO", "FRP", "GRe", "LOrG", "MFC", "MFG", "MOrG", "MPrG", "MSFG", "OpIFG", "OrIFG",
+                "POrG", "PrG", "SCA", "SFG", "SMC", "TrIFG", "CO"),
+    "parietal": ("AnG", "MPoG", "PCu", "PO", "PoG", "SMG", "SPL"),
+    "temporal": ("Ent", "FuG", "ITG", "MTG", "PHG", "PP", "PT", "STG", "TMP", "TTG"),
+    "occipital": ("Calc", "Cun", "IOG", "LiG", "MOG", "OCP", "OFuG", "SOG"),
+    "cingulate_insula": ("ACgG", "MCgG", "PCgG", "AIns", "PIns"),
+}
+_MEMBERS = {"subcortical": _SUBCORTICAL, "ventricles": _VENTRICLES, "hippocampus_amygdala": _HIPPOCAMPUS_AMYGDALA,
+            "deep_nuclei": _DEEP_NUCLEI}
+
+
+def _lobe_class(name: str) -> str | None:
+    """Lobe of a cortical parcel named ``<Side>_<abbreviation>_<long name>`` (None = not cortex)."""
+    parts = name.split("_")
+    if len(parts) < 2 or parts[0] not in ("Right", "Left"):
+        return None
+    return next((lobe for lobe, parcels in _LOBE_PARCELS.items() if parts[1] in parcels), None)
 _DEEP_GM = ("Accumbens_Area", "Amygdala", "Caudate", "Hippocampus", "Pallidum", "Putamen", "Thalamus_Proper",
             "Ventral_DC", "Basal_Forebrain")
 
@@ -94,6 +114,8 @@ TASKS = {
     "ventricles": ("background",) + tuple(_VENTRICLES),
     "subcortical": ("background",) + tuple(_SUBCORTICAL),
     "hippocampus_amygdala": ("background",) + tuple(_HIPPOCAMPUS_AMYGDALA),
+    "lobes": ("background",) + tuple(_LOBE_PARCELS),
+    "deep_nuclei": ("background",) + tuple(_DEEP_NUCLEI),
 }
 TASK_DESCRIPTION = {
     "tissue": "source task: tissue classes from the ICBM 2009a GM/WM probability maps",
@@ -101,6 +123,9 @@ TASK_DESCRIPTION = {
     "ventricles": "medium target: lateral, third and fourth ventricles (Neuromorphometrics)",
     "subcortical": "hard target: small deep structures from the Neuromorphometrics atlas (L/R merged)",
     "hippocampus_amygdala": "hardest target: hippocampus and amygdala only (Neuromorphometrics, L/R merged)",
+    "lobes": "medium target: cortical lobes (frontal, parietal, temporal, occipital, cingulate+insula), "
+             "borders set by position, not contrast (Neuromorphometrics parcels, L/R merged)",
+    "deep_nuclei": "medium-hard target: caudate, putamen, thalamus (Neuromorphometrics, L/R merged)",
 }
 TASK_ROLE = {task: ("source" if task == "tissue" else "target") for task in TASKS}
 
@@ -121,6 +146,8 @@ def atlas_lookup(task: str, names: dict[int, str]) -> np.ndarray:
     for index, name in names.items():
         if task in _MEMBERS:
             cls = next((c for c, members in _MEMBERS[task].items() if name in members), None)
+        elif task == "lobes":
+            cls = _lobe_class(name)
         else:
             cls = _structures_class(name)
         if cls is not None:
