@@ -9,6 +9,8 @@ Example::
     labels = param_labels(params)                       # same tree, leaves are "encoder"/"decoder"/"head"
     trainable, frozen = split_params(params, ("encoder",))
     params = merge_params(trainable, frozen)            # exact inverse
+    params = transfer_params(fresh, source, ("encoder", "decoder"))   # source features, fresh head
+    params = zero_head(params)                          # or with_head(params, kernel, bias)
 """
 from __future__ import annotations
 
@@ -64,3 +66,37 @@ def transfer_params(target: dict, source: dict, parts: Iterable[str] = ("encoder
             raise ValueError(f"cannot transfer '{part}': source and target architectures differ")
         out[part] = source[part]
     return merge_params(out, {})
+
+
+# Head initialisations of a transferred model (see jaxfcn.reproduce.controls, which compares them):
+#   fresh  - the target's own random draw (kernel_init, zero bias): what transfer_params leaves;
+#   zero   - kernel and bias 0: every class starts at probability 1/K, and the first gradients reach only
+#            the head (∂L/∂features = W = 0), so the transferred features are not disturbed by a random head;
+#   probe  - a linear probe fitted on the transferred features (linear probing, then fine-tuning: Kumar et
+#            al., ICLR 2022), computed by jaxfcn.analysis.transfer and set with with_head.
+HEAD_INITS = ("fresh", "zero", "probe")
+
+
+def with_head(params: dict, kernel, bias) -> dict:
+    """``params`` with the head's kernel and bias replaced (shapes must equal the current head's).
+
+    ``kernel`` may be given as (C_in, K) for a 1×1 head; it is reshaped to the head's (1, …, 1, C_in, K).
+    """
+    import numpy as np
+
+    head = params["head"]
+    kernel = np.asarray(kernel, np.asarray(head["kernel"]).dtype)
+    bias = np.asarray(bias, np.asarray(head["bias"]).dtype)
+    if kernel.size == np.asarray(head["kernel"]).size and kernel.ndim == 2:
+        kernel = kernel.reshape(np.shape(head["kernel"]))
+    if kernel.shape != np.shape(head["kernel"]) or bias.shape != np.shape(head["bias"]):
+        raise ValueError(f"head must be kernel {np.shape(head['kernel'])} and bias {np.shape(head['bias'])}; "
+                         f"got {kernel.shape} and {bias.shape}")
+    return merge_params({**params, "head": {**head, "kernel": kernel, "bias": bias}}, {})
+
+
+def zero_head(params: dict) -> dict:
+    """``params`` with an all-zero head (kernel and bias)."""
+    import numpy as np
+
+    return with_head(params, np.zeros(np.shape(params["head"]["kernel"])), np.zeros(np.shape(params["head"]["bias"])))
