@@ -194,8 +194,20 @@ def test_cli_list_and_prepare(fresh_cache, capsys):
     assert main(["data", "list", "--quiet"] + tiny_flags) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 + len(builtin.TASKS)  # header + one line per task
-    assert lines[1].split()[0] == "tissue" and "grey_matter" in lines[1] and "subjects train 6, val 2, test 3 (1 real)" in lines[1]
+    assert lines[1].split()[0] == "tissue" and "grey_matter" in lines[1]
+    assert "subjects train 6, val 2, test 3 (1 real)" in lines[1]
     assert main(["data", "prepare", "structures", "--quiet"] + tiny_flags) == 0
     assert "cached in" in capsys.readouterr().out
     assert main(["data", "prepare", "no_such_task", "--quiet"]) == 2
     assert "no_such_task" in capsys.readouterr().err
+
+
+def test_cli_show_montage_of_subjects(fresh_cache, tmp_path, capsys):
+    from jaxfcn.cli import main
+
+    out = tmp_path / "subjects.png"
+    assert main(["data", "show", "subcortical", "--out", str(out), "--cases", "3", "--set", "data.spacing=6.0"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "3 case(s)" in capsys.readouterr().out
+    assert main(["data", "show", "subcortical", "--out", str(tmp_path / "x.png"), "--cases", "0"]) == 2
+    assert "--cases 0" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -110,9 +110,8 @@ class SegmentationDataset:
         self._cases = cases or {}
         self.example_cases = {split: np.asarray((example_cases or {}).get(split, np.arange(len(src))), np.int64)
                               for split, src in sources.items()}
-        self.case_ids = {split: list((case_ids or {}).get(split) or
-                                     [f"{split}_{i}" for i in range(int(self.example_cases[split].max(initial=-1)) + 1)])
-                         for split in sources}
+        default_ids = lambda split: [f"{split}_{i}" for i in range(int(self.example_cases[split].max(initial=-1)) + 1)]
+        self.case_ids = {split: list((case_ids or {}).get(split) or default_ids(split)) for split in sources}
         self.train_indices = np.arange(len(sources["train"])) if train_indices is None else train_indices
 
     def with_training_subset(self, size: int, seed: int) -> "SegmentationDataset":

@@ -290,7 +290,8 @@ class SubjectGenerator:
                 "noise": rng.standard_normal(self._spec.out_shape, np.float32),
                 "warped": np.asarray(index is not None)}
 
-    def render(self, indices: Sequence[int | None], progress: bool = False, desc: str = "subjects") -> Iterator[Subject]:
+    def render(self, indices: Sequence[int | None], progress: bool = False,
+               desc: str = "subjects") -> Iterator[Subject]:
         """Subjects ``indices`` in order (``None`` = the real template), rendered ``CHUNK`` at a time."""
         import jax
         from tqdm import tqdm
