@@ -55,6 +55,7 @@ CURVE_FRACTIONS = (0.1, 0.3, 0.5, 1.0)  # val Dice columns of the table (the iss
 DIAGNOSTIC_IMAGES = 32  # target training images for activations and probe fitting
 DIAGNOSTIC_BATCHES = 4  # target training batches for the step-0 loss and gradients
 PROBE_PIXELS = 512  # training pixels per image for the probe fit
+COLLAPSED_DICE = 0.01  # a seed whose final val Dice is below this predicts (almost) only background
 PROBE_LAYERS = ("input", "head_input", "bottleneck")
 # Source seeds are offset from the target seeds, as in the study's grid: source seed s and random-init
 # target seed s would otherwise start from bitwise-equal encoder and decoder weights.
@@ -404,9 +405,11 @@ def collect(config, control: Control, layout: Layout, seeds: list[int]) -> dict:
     for fraction in CURVE_FRACTIONS:
         step = round(fraction * steps)
         at[str(step)] = mean_interval([_value_at(p["val_steps"], p["val_dice"], step) for p in per_seed])
+    final = [p["val_dice"][-1] if p["val_dice"] else None for p in per_seed]
     return {**dataclasses.asdict(control), "per_seed": per_seed,
+            "collapsed_seeds": sum(v is not None and v < COLLAPSED_DICE for v in final),
             "test_dice": mean_interval([p["test_dice"] for p in per_seed]),
-            "final_val_dice": mean_interval([p["val_dice"][-1] if p["val_dice"] else None for p in per_seed]),
+            "final_val_dice": mean_interval(final),
             "val_dice_at": at, "curve": curve_band([(p["val_steps"], p["val_dice"]) for p in per_seed])}
 
 
@@ -535,17 +538,18 @@ def markdown(results: dict, figures: dict, out_dir: str) -> str:
     s = results["settings"]
     steps = list(results["controls"][0]["val_dice_at"])
     lines = [f"# Transfer controls: {s['source']} → {s['target']}", "",
-             f"{s['seeds']} seeds per control (transfer seed s from source seed s); source {s['source_steps']} "
+             f"{s['seeds']} seeds per control (target seed s transfers from its own source run, seed "
+             f"{SOURCE_SEED_OFFSET} + s); source {s['source_steps']} "
              f"steps, target {s['target_steps']} steps, lr {s['learning_rate']:g} ({s['lr_schedule']}), batch "
              f"{s['batch_size']}. Mean [95 % t-interval over seeds]; Δ = control − its matched random-init control "
-             "(Welch 95 % interval).", "",
-             f"| control | val Dice by step {' / '.join(steps)} | final val Dice | test mean Dice | Δ test vs random |",
-             "|---|---|---|---|---|"]
+             f"(Welch 95 % interval); collapsed: final val Dice < {COLLAPSED_DICE} (background only).", "",
+             f"| control | val Dice by step {' / '.join(steps)} | final val Dice | collapsed seeds | test mean Dice "
+             "| Δ test vs random |", "|---|---|---|---|---|---|"]
     for c in results["controls"]:
         at = " / ".join(f"{c['val_dice_at'][k]['mean']:.2f}" for k in steps)
         vs = c["vs_random"]
         lines.append(f"| `{c['name']}`: {c['description']} | {at} | {_fmt(c['final_val_dice'])} | "
-                     f"{_fmt(c['test_dice'])} | {_fmt_diff(vs['test_dice']) if vs else '–'} |")
+                     f"{c['collapsed_seeds']}/{len(c['per_seed'])} | {_fmt(c['test_dice'])} | {_fmt_diff(vs['test_dice']) if vs else '–'} |")
     lines += ["", "## Step-0 diagnostics on target data (transferred model / fresh init)", "",
               "| start | initial loss | ‖∇‖ encoder | ‖∇‖ decoder | ‖∇‖ head | head-input RMS | logit RMS | "
               "dead ReLUs (max layer) | probe bal. acc. head_input | bottleneck | input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
