@@ -57,8 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.subset_per_seed = False  # True: the subset seed is train.seed (each seed draws its own subjects)
     # Built-in tasks: subjects generated from the real templates (jaxfcn.data.subjects; docs/data.md).
     c.data.train_subjects = 32  # warped sym09a subjects (up to 10000)
-    c.data.val_subjects = 8  # warped fsl subjects
-    c.data.test_subjects = 8  # warped asym09c subjects, besides the real asym09c
+    c.data.val_subjects = 4  # warped fsl subjects
+    c.data.test_subjects = 4  # warped asym09c subjects, besides the real asym09c
     c.data.subject_labels = "nearest"  # nearest | linear (one-hot trilinear, then argmax)
     c.data.subject_resolution_mm = 0.0  # > data.spacing: blur each subject to a random FWHM up to this
     c.data.modality = ""  # "" = from dataset.json; "CT" or "MRI" forces the normalisation
