@@ -6,14 +6,18 @@ the experiment's grid (one interpolation), as follows. Every random draw comes f
 ``numpy.random.default_rng([SUBJECT_SEED, template code, i])``.
 
 1. **Deformation** ``φ = exp(v)``: a stationary velocity field ``v`` on a control grid of
-   :attr:`~SubjectSettings.control_spacing_mm` over the template's brain (i.i.d. normal vectors smoothed by
-   a Gaussian of :attr:`~SubjectSettings.warp_smoothing_mm`, scaled so that its RMS inside the brain is
-   drawn uniformly from :attr:`~SubjectSettings.warp_rms_mm`), integrated by scaling and squaring
-   (``u ← v / 2^N``; N times ``u ← u + u∘(id + u)``, trilinear, edge-clamped). The displacement ``u``
-   is then interpolated (separable trilinear) onto the output grid.
-2. **Affine** ``A`` about the brain's centre: rotations about the three axes and per-axis scalings drawn
-   uniformly within ±:attr:`~SubjectSettings.rotation_deg` and ±:attr:`~SubjectSettings.scaling`, a
-   translation within ±:attr:`~SubjectSettings.translation_mm` per axis.
+   :attr:`~SubjectSettings.control_spacing_mm` over the box (i.i.d. normal vectors smoothed by a Gaussian
+   of :attr:`~SubjectSettings.warp_smoothing_mm`; times a smooth log-normal envelope ``exp(a·e)``, ``e``
+   smoothed like the bias field and of unit RMS in the brain, ``a`` =
+   :attr:`~SubjectSettings.warp_heterogeneity`, so some regions vary more than others; tapered to 0 over
+   :data:`MARGIN_MM` at the box's faces; scaled so that its RMS inside the brain is drawn uniformly from
+   :attr:`~SubjectSettings.warp_rms_mm`), integrated by scaling and squaring (``u ← v / 2^N``; N times
+   ``u ← u + u∘(id + u)``, trilinear, edge-clamped). The displacement ``u`` is then interpolated
+   (separable trilinear) onto the output grid.
+2. **Affine** ``A`` about the brain's centre: rotations about the three axes, per-axis scalings and
+   translations, each a normal of σ = bound / :attr:`~SubjectSettings.affine_sigmas` truncated at the
+   bound (±:attr:`~SubjectSettings.rotation_deg`, ±:attr:`~SubjectSettings.scaling`,
+   ±:attr:`~SubjectSettings.translation_mm`).
 3. The subject's voxel at world point ``x`` shows the template at ``A(x + u(x))``: the T1 (pre-smoothed
    once per spacing with σ = (factor − 1)/2 source voxels against aliasing) trilinearly; the brain mask as
    a trilinear fraction ≥ ½; the labels by nearest neighbour (``labels="nearest"``) or by trilinear
@@ -44,7 +48,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-SUBJECT_SEED = 20210410  # root of every subject's random key
+SUBJECT_SEED = 20210410  # root of every subject's random numbers
 REAL_SUFFIX = "real"
 UNIT_DRAWS = 16  # uniform [0, 1) numbers per subject; their use by slot (fixed: subjects must not change)
 UNIT_SLOTS = {"rms": 0, "angles": slice(1, 4), "scales": slice(4, 7), "shift": slice(7, 10), "fwhm": 10,
