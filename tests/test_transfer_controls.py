@@ -107,8 +107,9 @@ def test_positive_control_beats_random_and_the_runner_writes_its_outputs(config,
     assert "`same_task`" in (out / "controls.md").read_text()
 
 
-def test_materialised_zero_head_start(config, data, tmp_path):
-    """A head choice starts from OUT/inits: source encoder + decoder, the zero head, exactly."""
+def test_materialised_head_starts(config, data, tmp_path):
+    """A head choice starts from OUT/inits: source encoder + decoder and the zero head, exactly; the random-init
+    probe head is the probe fitted on seed s's own fresh features."""
     config.study.seeds, config.study.source, config.study.targets = 2, "shapes", ("shapes",)
     config.study.source_steps = 3
     layout = C.Layout(str(tmp_path), config)
@@ -125,6 +126,21 @@ def test_materialised_zero_head_start(config, data, tmp_path):
     c = C.control_config(config, control, os.path.join(root, "seed_0"))
     assert c.train.transfer_parts == ("encoder", "decoder", "head") and c.train.init_step == 0
     assert not c.train.reinit_head and model.num_classes == 4
+    # the random-init probe head: seed s's fresh features, and the head is the probe fitted on them
+    probe_control = {c.name: c for c in C.control_list()}["random_probe_head"]
+    root = C.materialise_start(config, probe_control, layout, data, [1])
+    start = load_params(os.path.join(root, "seed_1"), 0)
+    seed_config = C.control_config(config, probe_control, None)
+    seed_config.train.seed, seed_config.model.num_classes, seed_config.model.in_channels = 1, 4, 1
+    fresh = init_train_state(model, seed_config).params
+    assert leaves_equal(start["encoder"], fresh["encoder"]) and leaves_equal(start["decoder"], fresh["decoder"])
+    images, labels = C.diagnostic_examples(data, "train", 1)
+    x, y = T.pixel_features(model, {"params": fresh}, images, labels, "head_input", pixels_per_image=C.PROBE_PIXELS,
+                            seed=1)
+    probe = T.fit_linear_probe(x, y, 4)
+    logits = np.asarray(model.apply({"params": start}, images)).reshape(-1, 4)
+    features, _ = T.pixel_features(model, {"params": fresh}, images, labels, "head_input")
+    np.testing.assert_allclose(logits, probe.logits(features), atol=1e-4)
 
 
 def test_select_controls_and_configs(config):
@@ -140,6 +156,8 @@ def test_select_controls_and_configs(config):
     assert low.train.learning_rate == pytest.approx(0.1 * config.train.learning_rate) and low.train.init == "random"
     early = C.control_config(config, by_name["transfer_early"], "/src")
     assert early.train.init_step == 5 and C.source_config(config).train.snapshot_steps == "5"
+    assert by_name["random_probe_head"].start != by_name["random"].start == by_name["random_warmup"].start
+    assert by_name["transfer_low_lr"].start == by_name["transfer"].start != by_name["transfer_early"].start
     enc = C.control_config(config, by_name["transfer_encoder"], "/src")
     assert enc.train.transfer_parts == ("encoder",) and enc.train.reinit_head
 

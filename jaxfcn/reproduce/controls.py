@@ -19,7 +19,7 @@ The controls (names are the run folders):
 - source checkpoint: ``transfer_early`` starts from the source's step ``EARLY_SOURCE_FRACTION · steps``;
 - head initialisation (:data:`jaxfcn.partition.HEAD_INITS`): ``transfer_zero_head`` and
   ``transfer_probe_head`` (the linear probe of the transferred features, fitted on target training
-  pixels). These start from a materialised initialisation, ``OUT/inits/<control>/seed_<s>``: an ordinary
+  pixels), matched by ``random_probe_head`` (the same probe fitted on a fresh init's features). These start from a materialised initialisation, ``OUT/inits/<control>/seed_<s>``: an ordinary
   workdir with one parameter snapshot (step 0) holding exactly the composed parameters, from which the
   run transfers all three parts.
 
@@ -72,13 +72,13 @@ class Control:
     source_step: str = "final"  # final | early
     lr_scale: float = 1.0
     warmup: bool = False
-    matched_random: str | None = None  # the random-init control with the same optimiser settings
+    matched_random: str | None = None  # the random-init control with the same optimiser and head settings
 
     @property
     def start(self) -> tuple:
         """What decides the step-0 parameters (controls with equal starts share their diagnostics)."""
         if self.init == "random":
-            return ("random",)
+            return ("random", self.head)
         return (self.init, self.parts, self.head, self.source_step)
 
 
@@ -104,8 +104,10 @@ def control_list() -> list[Control]:
         C("transfer_early", f"transfer from the early source checkpoint ({EARLY_SOURCE_FRACTION:.0%} of its steps)",
           "source", source_step="early", matched_random="random"),
         C("transfer_zero_head", "transfer, zero head", "source", head="zero", matched_random="random"),
-        C("transfer_probe_head", "transfer, linear-probe head (then fine-tune all)", "source", head="probe",
+        C("random_probe_head", "random init, linear-probe head (then fine-tune all)", head="probe",
           matched_random="random"),
+        C("transfer_probe_head", "transfer, linear-probe head (then fine-tune all)", "source", head="probe",
+          matched_random="random_probe_head"),
     ]
 
 
@@ -257,8 +259,8 @@ def open_data(config):
 
 
 def materialise_start(config, control: Control, layout: Layout, dataset, seeds: list[int]) -> str:
-    """Write ``OUT/inits/<control>/seed_<s>``: the fresh target init of seed s with the source parts at the
-    chosen step and the control's head. Returns the folder of the seeds."""
+    """Write ``OUT/inits/<control>/seed_<s>``: the fresh target init of seed s (with the source parts at the
+    chosen step, for a transfer control) and the control's head. Returns the folder of the seeds."""
     from jaxfcn.models import build_model
     from jaxfcn.partition import transfer_params, with_head, zero_head
     from jaxfcn.train import checkpoint
@@ -277,8 +279,9 @@ def materialise_start(config, control: Control, layout: Layout, dataset, seeds: 
         c = resolve_config(base, dataset.info)
         c.train.seed = s
         model = build_model(c.model)
-        params = transfer_params(init_train_state(model, c).params,
-                                 checkpoint.load_params(layout.source_run(s), step), control.parts)
+        params = init_train_state(model, c).params
+        if control.init == "source":
+            params = transfer_params(params, checkpoint.load_params(layout.source_run(s), step), control.parts)
         if control.head == "zero":
             params = zero_head(params)
         else:
@@ -420,18 +423,20 @@ def _value_at(steps: list[int], values: list[float], step: int):
 
 
 def add_comparisons(results: dict) -> None:
-    """Each control's test and final-val Dice minus its matched random control's (Welch interval)."""
+    """Each control's test and final-val Dice minus its matched random-init control's (``vs_random``) and minus
+    plain ``random``'s (``vs_plain_random``), with Welch intervals."""
     by_name = {c["name"]: c for c in results["controls"]}
+
+    def versus(c, ref):
+        if ref is None or ref is c:
+            return None
+        tests = [[p["test_dice"] for p in x["per_seed"]] for x in (c, ref)]
+        finals = [[p["val_dice"][-1] if p["val_dice"] else None for p in x["per_seed"]] for x in (c, ref)]
+        return {"control": ref["name"], "test_dice": welch_interval(*tests), "final_val_dice": welch_interval(*finals)}
+
     for c in results["controls"]:
-        ref = by_name.get(c["matched_random"]) if c["matched_random"] else None
-        if ref is None:
-            c["vs_random"] = None
-            continue
-        c["vs_random"] = {"control": ref["name"], **{
-            key: welch_interval([p[key] for p in c["per_seed"]], [p[key] for p in ref["per_seed"]])
-            for key in ("test_dice",)}}
-        c["vs_random"]["final_val_dice"] = welch_interval([p["val_dice"][-1] for p in c["per_seed"]],
-                                                          [p["val_dice"][-1] for p in ref["per_seed"]])
+        c["vs_random"] = versus(c, by_name.get(c["matched_random"]) if c["matched_random"] else None)
+        c["vs_plain_random"] = versus(c, by_name.get("random"))
 
 
 # --- diagnostics -----------------------------------------------------------------------------------------
@@ -465,7 +470,7 @@ def run_diagnostics(config, controls: list[Control], layout: Layout, dataset, se
                 num_classes=run_config.model.num_classes, probe_layers=PROBE_LAYERS, pixels_per_image=PROBE_PIXELS))
             bar.update(1)
     bar.close()
-    fresh = by_start["random"]  # seed s's fresh initialisation: the random control's step 0
+    fresh = by_start["random"]  # seed s's fresh initialisation: the random control's step 0 (first control)
     out = []
     for control in starts.values():
         paired = [pair_with_fresh(m, f) for m, f in zip(by_start[control.name], fresh)]
@@ -544,12 +549,13 @@ def markdown(results: dict, figures: dict, out_dir: str) -> str:
              f"{s['batch_size']}. Mean [95 % t-interval over seeds]; Δ = control − its matched random-init control "
              f"(Welch 95 % interval); collapsed: final val Dice < {COLLAPSED_DICE} (background only).", "",
              f"| control | val Dice by step {' / '.join(steps)} | final val Dice | collapsed seeds | test mean Dice "
-             "| Δ test vs random |", "|---|---|---|---|---|---|"]
+             "| Δ test vs matched random init |", "|---|---|---|---|---|---|"]
     for c in results["controls"]:
         at = " / ".join(f"{c['val_dice_at'][k]['mean']:.2f}" for k in steps)
         vs = c["vs_random"]
         lines.append(f"| `{c['name']}`: {c['description']} | {at} | {_fmt(c['final_val_dice'])} | "
-                     f"{c['collapsed_seeds']}/{len(c['per_seed'])} | {_fmt(c['test_dice'])} | {_fmt_diff(vs['test_dice']) if vs else '–'} |")
+                     f"{c['collapsed_seeds']}/{len(c['per_seed'])} | {_fmt(c['test_dice'])} | "
+                     f"{_fmt_diff(vs['test_dice']) + ' vs `' + vs['control'] + '`' if vs else '–'} |")
     lines += ["", "## Step-0 diagnostics on target data (transferred model / fresh init)", "",
               "| start | initial loss | ‖∇‖ encoder | ‖∇‖ decoder | ‖∇‖ head | head-input RMS | logit RMS | "
               "dead ReLUs (max layer) | probe bal. acc. head_input | bottleneck | input |", "|---|---|---|---|---|---|---|---|---|---|---|"]

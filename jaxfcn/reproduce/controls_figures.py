@@ -11,7 +11,8 @@ from jaxfcn.analysis.plots import _pyplot, _save
 CURVE_GROUPS = {
     "what is transferred": ["random", "transfer", "transfer_encoder", "same_task", "same_task_fresh_head"],
     "optimiser, with matched random init": ["random_low_lr", "transfer_low_lr", "random_warmup", "transfer_warmup"],
-    "source checkpoint and head": ["random", "transfer", "transfer_early", "transfer_zero_head", "transfer_probe_head"],
+    "source checkpoint and head": ["random", "transfer", "transfer_early", "transfer_zero_head", "transfer_probe_head",
+                                   "random_probe_head"],
 }
 
 
