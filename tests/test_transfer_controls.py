@@ -91,9 +91,14 @@ def test_positive_control_beats_random_and_the_runner_writes_its_outputs(config,
     config.study.seeds, config.study.source, config.study.targets = 2, "shapes", ("shapes",)
     config.study.target_steps = 20
     out = tmp_path / "controls"
-    results = C.run_controls(config, str(out), names=["same_task"], progress=False, datasets={"shapes": data})
+    results = C.run_controls(config, str(out), names=["same_task", "random_probe_head"], progress=False,
+                             datasets={"shapes": data})
     by_name = {c["name"]: c for c in results["controls"]}
-    assert list(by_name) == ["random", "same_task"]
+    assert list(by_name) == ["random", "same_task", "random_probe_head"]
+    for s, run in enumerate(by_name["random_probe_head"]["per_seed"]):  # the run starts from its materialised init
+        start = load_params(run["workdir"], 0)
+        assert leaves_equal(start, load_params(str(out / "inits" / "random_probe_head" / f"seed_{s}"), 0))
+        assert not leaves_equal(start["head"], load_params(by_name["random"]["per_seed"][s]["workdir"], 0)["head"])
     for positive, random in zip(by_name["same_task"]["per_seed"], by_name["random"]["per_seed"]):
         assert positive["val_dice"][-1] > random["val_dice"][-1] + 0.05
         assert leaves_equal(load_params(positive["workdir"], 0), load_params(random["workdir"]))  # head too
@@ -101,7 +106,7 @@ def test_positive_control_beats_random_and_the_runner_writes_its_outputs(config,
     for name in ("results.json", "controls.md", "figures/curves.png", "figures/diagnostics.png"):
         assert os.path.getsize(out / name) > 0
     saved = json.loads((out / "results.json").read_text())
-    assert [d["start"] for d in saved["diagnostics"]] == ["random", "same_task"]
+    assert [d["start"] for d in saved["diagnostics"]] == ["random", "same_task", "random_probe_head"]
     fresh = saved["diagnostics"][0]
     assert fresh["gradients"]["model"]["loss"] == fresh["gradients"]["fresh"]["loss"]  # random is its own reference
     assert "`same_task`" in (out / "controls.md").read_text()

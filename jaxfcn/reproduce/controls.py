@@ -306,6 +306,18 @@ def materialise_start(config, control: Control, layout: Layout, dataset, seeds: 
     return root
 
 
+def start_runs(config, control: Control, layout: Layout, dataset, seeds: list[int]) -> dict[int, str] | None:
+    """``{seed: the run it starts from}`` (None: a plain random initialisation)."""
+    if control.head in ("zero", "probe"):  # a materialised start, random init or transfer
+        root = materialise_start(config, control, layout, dataset, seeds)
+        return {s: _seed_dir(root, s) for s in seeds}
+    if control.init == "source":
+        return {s: layout.source_run(s) for s in seeds}
+    if control.init == "same_task":
+        return {s: _seed_dir(layout.run("random"), s) for s in seeds}
+    return None
+
+
 def diagnostic_examples(dataset, split: str, seed: int, count: int = DIAGNOSTIC_IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of ``count`` seeded examples of ``split`` (the training subset for ``train``)."""
     from jaxfcn.analysis.features import probe_indices
@@ -352,17 +364,8 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
     for control in controls:
         t0 = time.time()
         bar.set_postfix_str(control.name)
-        if control.init == "random":
-            c, inits = control_config(config, control, None), None
-        else:
-            if control.head in ("zero", "probe"):
-                root = materialise_start(config, control, layout, target_data, seeds)
-                inits = {s: _seed_dir(root, s) for s in seeds}
-            elif control.init == "source":
-                inits = {s: layout.source_run(s) for s in seeds}
-            else:
-                inits = {s: _seed_dir(layout.run("random"), s) for s in seeds}
-            c = control_config(config, control, inits[0])
+        inits = start_runs(config, control, layout, target_data, seeds)
+        c = control_config(config, control, inits[0] if inits else None)
         train_program(c, layout.run(control.name), target_data, inits)
         for s in seeds:
             workdir = _seed_dir(layout.run(control.name), s)
