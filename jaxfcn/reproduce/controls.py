@@ -377,6 +377,8 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
     t0 = time.time()
     diagnostics = run_diagnostics(config, controls, layout, target_data, seeds, progress)
     timings["diagnostics"] = time.time() - t0
+    # timings_s are this invocation's (a resumed run skips trained programs); program_train_time_s per control
+    # is the training time each program recorded when it ran
     results = {"controls": [collect(config, control, layout, seeds) for control in controls],
                "diagnostics": diagnostics, "settings": settings(config, target_data), "timings_s": timings,
                "about": about(started)}
@@ -394,7 +396,7 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
 def collect(config, control: Control, layout: Layout, seeds: list[int]) -> dict:
     """Per-seed test Dice and val-Dice curves of one control, with their summaries."""
     from jaxfcn.reproduce.stats import mean_interval
-    from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE
+    from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE
 
     per_seed = []
     for s in seeds:
@@ -412,7 +414,9 @@ def collect(config, control: Control, layout: Layout, seeds: list[int]) -> dict:
         step = round(fraction * steps)
         at[str(step)] = mean_interval([_value_at(p["val_steps"], p["val_dice"], step) for p in per_seed])
     final = [p["val_dice"][-1] if p["val_dice"] else None for p in per_seed]
-    return {**dataclasses.asdict(control), "per_seed": per_seed,
+    with open(os.path.join(per_seed[0]["workdir"], TRAIN_SUMMARY_FILE)) as f:
+        program_seconds = json.load(f).get("train_time_s")  # the K-seed program's training time (one value)
+    return {**dataclasses.asdict(control), "per_seed": per_seed, "program_train_time_s": program_seconds,
             "collapsed_seeds": sum(v is not None and v < COLLAPSED_DICE for v in final),
             "test_dice": mean_interval([p["test_dice"] for p in per_seed]),
             "final_val_dice": mean_interval(final),
