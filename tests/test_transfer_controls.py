@@ -167,6 +167,17 @@ def test_select_controls_and_configs(config):
     assert enc.train.transfer_parts == ("encoder",) and enc.train.reinit_head
 
 
+def test_cli_refuses_bad_controls_and_seeds(tmp_path, capsys):
+    from jaxfcn.cli import main
+
+    out = tmp_path / "out"
+    assert main(["analyze", "transfer", "--out", str(out), "--controls", "nope"]) == 2
+    assert main(["analyze", "transfer", "--out", str(out), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "unknown control(s) ['nope']" in err[0] and "study.seeds=1" in err[1]
+    assert not out.exists()  # refused before anything is written
+
+
 # --- statistics ------------------------------------------------------------------------------------------
 
 def test_welch_interval_matches_scipy():

@@ -19,9 +19,10 @@ The controls (names are the run folders):
 - source checkpoint: ``transfer_early`` starts from the source's step ``EARLY_SOURCE_FRACTION · steps``;
 - head initialisation (:data:`jaxfcn.partition.HEAD_INITS`): ``transfer_zero_head`` and
   ``transfer_probe_head`` (the linear probe of the transferred features, fitted on target training
-  pixels), matched by ``random_probe_head`` (the same probe fitted on a fresh init's features). These start from a materialised initialisation, ``OUT/inits/<control>/seed_<s>``: an ordinary
-  workdir with one parameter snapshot (step 0) holding exactly the composed parameters, from which the
-  run transfers all three parts.
+  pixels), matched by ``random_probe_head`` (the same probe fitted on a fresh init's features). These
+  start from a materialised initialisation, ``OUT/inits/<control>/seed_<s>``: an ordinary workdir with
+  one parameter snapshot (step 0) holding exactly the composed parameters, from which the run
+  transfers all three parts.
 
 Layout::
 
