@@ -353,6 +353,17 @@ def probe_layer(model, variables, train: tuple, test: tuple, num_classes: int, l
     return probe, probe_scores(probe, *pixel_features(model, variables, *test, layer), num_classes)
 
 
+def fit_probe_head(model, params, images, labels, num_classes: int, *, layer: str = "head_input",
+                   pixels_per_image: int = 0, seed: int = 0, l2: float = 1e-3) -> dict:
+    """``params`` with the head set to the probe fitted on ``(images, labels)`` features of the head's input
+    (linear probing before fine-tuning; the probe's standardisation folded into the head)."""
+    from jaxfcn.partition import with_head
+
+    features = pixel_features(model, {"params": params}, images, labels, layer, pixels_per_image=pixels_per_image,
+                              seed=seed)
+    return with_head(params, *fit_linear_probe(*features, num_classes, l2=l2).raw_head())
+
+
 # --- all of it for one model ------------------------------------------------------------------------------
 
 def diagnose(model, params, *, images, batches: Sequence[dict], train_config, probe_train: tuple, probe_test: tuple,

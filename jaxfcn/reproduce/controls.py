@@ -263,7 +263,7 @@ def materialise_start(config, control: Control, layout: Layout, dataset, seeds: 
     """Write ``OUT/inits/<control>/seed_<s>``: the fresh target init of seed s (with the source parts at the
     chosen step, for a transfer control) and the control's head. Returns the folder of the seeds."""
     from jaxfcn.models import build_model
-    from jaxfcn.partition import transfer_params, with_head, zero_head
+    from jaxfcn.partition import transfer_params, zero_head
     from jaxfcn.train import checkpoint
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.loop import resolve_config
@@ -286,12 +286,10 @@ def materialise_start(config, control: Control, layout: Layout, dataset, seeds: 
         if control.head == "zero":
             params = zero_head(params)
         else:
-            from jaxfcn.analysis.transfer import fit_linear_probe, pixel_features
+            from jaxfcn.analysis.transfer import fit_probe_head
 
-            images, labels = diagnostic_examples(dataset, "train", s)
-            probe = fit_linear_probe(*pixel_features(model, {"params": params}, images, labels, "head_input",
-                                                     pixels_per_image=PROBE_PIXELS, seed=s), c.model.num_classes)
-            params = with_head(params, *probe.raw_head())
+            params = fit_probe_head(model, params, *diagnostic_examples(dataset, "train", s), c.model.num_classes,
+                                    pixels_per_image=PROBE_PIXELS, seed=s)
         tmp = directory + ".tmp"
         if os.path.isdir(tmp):
             import shutil
