@@ -1,4 +1,6 @@
-"""Orbax checkpoints of a run: exact round trip, retention (latest N + best), snapshots, load_params."""
+"""Orbax checkpoints of a run: exact round trip, retention (latest N + best), snapshots, load_params, and their
+SHA-256 manifests (verified on load; damaged steps set aside on resume)."""
+import json
 import os
 
 import jax
@@ -8,7 +10,7 @@ import optax
 import pytest
 
 from jaxfcn.errors import UserError
-from jaxfcn.train import checkpoint
+from jaxfcn.train import checkpoint, integrity
 from jaxfcn.train.step import TrainState, make_optimizer, seed_key
 
 
@@ -80,3 +82,113 @@ def test_empty_workdir_has_no_params(tmp_path):
     assert checkpoint.snapshot_steps(str(tmp_path)) == []
     with pytest.raises(UserError, match="no saved parameters"):
         checkpoint.load_params(str(tmp_path))
+
+
+# --- integrity: SHA-256 manifests (jaxfcn.train.integrity) -----------------------------------------
+
+def flip_middle_bits(path, bits: int = 64) -> None:
+    """Invert ``bits`` bits in the middle of a file, as a failing disk or a bad copy would."""
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    for i in range(bits // 8):
+        data[middle + i] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def largest_data_file(step_dir) -> str:
+    """The largest array data file of an orbax step (``.../ocdbt.process_0/d/<hash>``)."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
+             if os.path.basename(root) == "d"]
+    return max(files, key=os.path.getsize)
+
+
+def saved_run(workdir, ckpt_steps=(2, 4), snap_steps=(0, 4)):
+    states = checkpoint.state_manager(workdir, keep=len(ckpt_steps))
+    snaps = checkpoint.snapshot_manager(workdir)
+    for step in snap_steps:
+        checkpoint.save_snapshot(snaps, step, {"params": toy_state(step, value=step).params})
+    for step in ckpt_steps:
+        checkpoint.save_state(states, toy_state(step, value=step), val_dice=0.1 * step)
+    states.close()
+    snaps.close()
+    return workdir
+
+
+def test_every_saved_step_has_a_manifest_that_verifies(tmp_path):
+    workdir = saved_run(str(tmp_path))
+    for kind, steps in ((checkpoint.CHECKPOINT_DIR, (2, 4)), (checkpoint.SNAPSHOT_DIR, (0, 4))):
+        for step in steps:
+            manifest = json.load(open(os.path.join(workdir, kind, str(step), integrity.MANIFEST_FILE)))
+            assert any("/d/" in name for name in manifest["files"]) and "_CHECKPOINT_METADATA" in manifest["files"]
+            assert checkpoint.verify_step(workdir, kind, step) is True
+
+
+DAMAGE = {
+    "flipped_bits": (lambda step_dir: flip_middle_bits(largest_data_file(step_dir)), "does not match its SHA-256"),
+    "missing_file": (lambda step_dir: os.unlink(os.path.join(step_dir, "default", "_METADATA")), "_METADATA is missing"),
+    "truncated": (lambda step_dir: os.truncate(largest_data_file(step_dir), 7), "has 7 bytes"),
+    "bad_manifest": (lambda step_dir: flip_middle_bits(os.path.join(step_dir, integrity.MANIFEST_FILE), 16),
+                     "checksum manifest"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_step_is_one_line_naming_step_and_file(tmp_path, damage):
+    workdir = saved_run(str(tmp_path))
+    apply, expected = DAMAGE[damage]
+    apply(os.path.join(workdir, "snapshots", "4"))
+    with pytest.raises(integrity.DamagedStep) as error:
+        checkpoint.load_params(workdir, 4)
+    message = str(error.value)
+    assert "\n" not in message and f"snapshot step 4 of {workdir}" in message and expected in message, message
+    assert error.value.path.startswith(os.path.join(workdir, "snapshots", "4"))
+    assert float(checkpoint.load_params(workdir, 2)["decoder"]["k"][0]) == 2.0  # other steps still load
+
+
+def test_damaged_checkpoint_is_refused_on_restore_and_best(tmp_path):
+    workdir = saved_run(str(tmp_path))
+    flip_middle_bits(largest_data_file(os.path.join(workdir, "checkpoints", "2")))
+    manager = checkpoint.state_manager(workdir, read_only=True)
+    with pytest.raises(integrity.DamagedStep, match="checkpoint step 2 of .* does not match"):
+        checkpoint.restore_state(manager, toy_state(0), 2)
+    manager.close()
+    with pytest.raises(integrity.DamagedStep, match="checkpoint step 2"):  # its metrics decide the best step
+        checkpoint.best_checkpoint_step(workdir)
+
+
+def test_step_without_manifest_loads_unverified_with_one_note(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(integrity, "_noted_unverified", False)
+    workdir = saved_run(str(tmp_path))
+    for step in (0, 4):
+        os.unlink(os.path.join(workdir, "snapshots", str(step), integrity.MANIFEST_FILE))
+    assert checkpoint.verify_step(workdir, checkpoint.SNAPSHOT_DIR, 4) is False
+    assert float(checkpoint.load_params(workdir, 4)["decoder"]["k"][0]) == 4.0
+    checkpoint.load_params(workdir, 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no checksum manifest" in err[0], err
+    # orbax's own failure on such a step is one line too, naming the file it could not decode
+    flip_middle_bits(os.path.join(workdir, "snapshots", "4", "default", "_METADATA"))
+    with pytest.raises(UserError, match=r"snapshot step 4 of .* could not be read: .*/default/_METADATA does not decode"):
+        checkpoint.load_params(workdir, 4)
+
+
+def test_set_aside_damaged_resumes_from_newest_that_verifies(tmp_path):
+    workdir = saved_run(str(tmp_path), ckpt_steps=(2, 4, 6), snap_steps=(0, 3, 5))
+    assert checkpoint.set_aside_damaged(workdir).message is None
+    flip_middle_bits(largest_data_file(os.path.join(workdir, "checkpoints", "6")))
+    flip_middle_bits(largest_data_file(os.path.join(workdir, "snapshots", "5")))  # above step 4: written again
+    flip_middle_bits(largest_data_file(os.path.join(workdir, "snapshots", "3")))  # below: left for loads to report
+    recovery = checkpoint.set_aside_damaged(workdir)
+    assert recovery.damaged_checkpoints == {6}
+    assert "checkpoint step 6" in recovery.message and "also damaged: snapshot step 5" in recovery.message
+    assert recovery.message.endswith("resuming from step 4, the newest checkpoint that verifies")
+    assert checkpoint.checkpoint_steps(workdir) == [2, 4] and checkpoint.snapshot_steps(workdir) == [0, 3]
+    assert sorted(os.listdir(os.path.join(workdir, "damaged", "checkpoints"))) == ["6"]
+    assert sorted(os.listdir(os.path.join(workdir, "damaged", "snapshots"))) == ["5"]
+    for step in (2, 4):
+        flip_middle_bits(largest_data_file(os.path.join(workdir, "checkpoints", str(step))))
+    recovery = checkpoint.set_aside_damaged(workdir)
+    assert recovery.message.endswith("starting again from step 0: no checkpoint verifies")
+    assert checkpoint.checkpoint_steps(workdir) == [] and checkpoint.snapshot_steps(workdir) == [0]  # 0 verifies
+    assert sorted(os.listdir(os.path.join(workdir, "damaged", "snapshots"))) == ["3", "5"]

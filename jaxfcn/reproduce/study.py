@@ -24,6 +24,7 @@ import time
 
 from jaxfcn.reproduce.grid import Run, conditions, plan, program_dir, run_config, task_label
 from jaxfcn.train import curves
+from jaxfcn.train.lock import holding
 from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE, write_json_atomic
 
 DIVERGED_FILE = "diverged.json"
@@ -177,6 +178,7 @@ def _progress_line(run: Run, seconds: float, seeds: int) -> str:
             f"({seconds:.0f} s per seed, {seeds} seeds in one program)")
 
 
+@holding("out_dir", flag="--out")  # one study writes out_dir at a time
 def run_study(config, out_dir: str, progress: bool = True) -> dict:
     from tqdm import tqdm
 

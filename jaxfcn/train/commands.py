@@ -19,8 +19,8 @@ regimes (the paper's three):
 many seeds in one program (runs/sub_seeds/seed_0 … seed_7, each an ordinary workdir):
   jaxfcn train --config configs/subcortical_2d.py --workdir runs/sub_seeds --seeds 8 --seed 0
 
-Re-running the same command resumes the run from its latest checkpoint; a workdir that belongs to
-another config is refused.
+Re-running the same command resumes the run from its latest checkpoint that verifies; a workdir that
+belongs to another config, or that another jaxfcn process is writing, is refused.
 """
 
 
@@ -136,10 +136,10 @@ def _train(args) -> int:
     from jaxfcn.train.parallel import initialize_distributed
 
     # Before anything else touches JAX (the multi-controller runtime must come first).
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    distributed = initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     config = train_config_from_args(args)
     if config.train.num_seeds > 1:
-        return _train_seeds(config, args)
+        return _train_seeds(config, args, distributed)
     from jaxfcn.train.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, args.workdir, progress=not args.no_progress, devices=args.devices)
@@ -151,10 +151,18 @@ def _train(args) -> int:
     return 0
 
 
-def _train_seeds(config, args) -> int:
+def _train_seeds(config, args, distributed: bool) -> int:
+    from jaxfcn.train.lock import maybe_hold
     from jaxfcn.train.multiseed import train_seeds
 
-    summaries = train_seeds(config, args.workdir, progress=not args.no_progress, devices=args.devices)
+    primary = True
+    if distributed:
+        import jax
+
+        primary = jax.process_index() == 0
+    # The program's directory is locked, the one the command was given (its seed_<n> runs are inside).
+    with maybe_hold(args.workdir, primary):
+        summaries = train_seeds(config, args.workdir, progress=not args.no_progress, devices=args.devices)
     for s in summaries:
         best = s.get("best_val_dice")
         print(f"{s['workdir']}: {s['final_step']} steps, best val Dice {'n/a' if best is None else f'{best:.4f}'}")

@@ -155,6 +155,7 @@ def check_init_source(config) -> dict | None:
     step = available[-1] if config.train.init_step < 0 else config.train.init_step
     if step not in available:
         raise UserError(f"--init {source}: no parameters at train.init_step={step} (available: {available})")
+    checkpoint.verify_saved(source, step)  # a damaged source is refused before anything is written
     parts = [p for p in config.train.transfer_parts]
     head_reinitialised = config.train.reinit_head or theirs["num_classes"] != mine["num_classes"]
     if head_reinitialised:
@@ -283,24 +284,27 @@ def train_and_evaluate(config, workdir: str, *, dataset=None, progress: bool = T
     plan.barrier("jaxfcn-checked")  # every process has checked the workdir before one writes to it
 
     from jaxfcn.models import build_model
+    from jaxfcn.train.lock import maybe_hold
     from jaxfcn.train.step import make_eval_step, train_step_function
 
-    if plan.primary:
-        wd.create_workdir(workdir, config, dataset.info)
-    plan.barrier("jaxfcn-created")
-    model = build_model(config.model)
-    run = RunFiles(workdir, config, init=init, primary=plan.primary)
-    try:
-        saved = run.checkpoint_steps()
-        state = plan.place_state(run.initial_state(model, saved[-1] if saved else None))
-        train_step = plan.compile_step(train_step_function(model, config, tuple(t.freeze), plan.axis_name), state)
-        (summary,) = train_runs(
-            config, dataset, [run], plan, state, train_step, make_eval_step(model, config.model.num_classes),
-            batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start),
-            progress=progress, summary_extra={"parallel": plan.describe()})
-        return summary
-    finally:
-        run.close()
+    with maybe_hold(workdir, plan.primary):  # one writer: a second run on this workdir is refused here
+        if plan.primary:
+            wd.check_workdir(workdir, config)  # again, now that no other run can change it
+            wd.create_workdir(workdir, config, dataset.info)
+        plan.barrier("jaxfcn-created")
+        model = build_model(config.model)
+        run = RunFiles(workdir, config, init=init, primary=plan.primary)
+        try:
+            saved = run.checkpoint_steps()
+            state = plan.place_state(run.initial_state(model, saved[-1] if saved else None))
+            train_step = plan.compile_step(train_step_function(model, config, tuple(t.freeze), plan.axis_name), state)
+            (summary,) = train_runs(
+                config, dataset, [run], plan, state, train_step, make_eval_step(model, config.model.num_classes),
+                batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start),
+                progress=progress, summary_extra={"parallel": plan.describe()})
+            return summary
+        finally:
+            run.close()
 
 
 class RunFiles:
@@ -317,13 +321,19 @@ class RunFiles:
         from jaxfcn.train import checkpoint
 
         self.workdir, self.config, self.init, self.primary, self.label = workdir, config, init, primary, label
+        # Before the managers open the steps: damaged ones move aside, the run resumes from one that verifies.
+        recovery = checkpoint.set_aside_damaged(workdir, move=primary)
+        self.damaged = recovery.damaged_checkpoints
+        if recovery.message and primary:
+            print(f"jaxfcn: {label}{recovery.message}", file=sys.stderr)
         self.states = checkpoint.state_manager(workdir, keep=config.train.keep_checkpoints if keep is None else keep)
         self.snapshots = checkpoint.snapshot_manager(workdir)
         self.summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
         self.log: MetricsLog | None = None
 
     def checkpoint_steps(self) -> list[int]:
-        return sorted(self.states.all_steps())
+        """The steps this run can resume from (damaged ones excluded)."""
+        return sorted(s for s in self.states.all_steps() if s not in self.damaged)
 
     def initial_state(self, model, step: int | None):
         """The state saved at checkpoint ``step``; with ``step`` None the fresh run's state: the seeded

@@ -136,7 +136,7 @@ def check_program_dir(workdir: str, seeds: list[int]) -> None:
     """``workdir`` must be new, empty, or the directory of this very program (same seeds)."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir}: exists and is not a directory")
-    if not os.path.isdir(workdir) or not os.listdir(workdir):
+    if not os.path.isdir(workdir) or not wd.entries(workdir):
         return
     path = os.path.join(workdir, MANIFEST_FILE)
     if not os.path.isfile(path):

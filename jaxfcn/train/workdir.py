@@ -10,9 +10,12 @@ Layout (see also :mod:`jaxfcn.train.checkpoint`)::
       metrics.jsonl        # one JSON record per logged/validated step
       train_summary.json   # best/final val Dice, time to 90/95/99 % of best, init source, compilations
       summary.json         # `jaxfcn evaluate`: per-case, per-class Dice and HD95 with means
+      .jaxfcn.lock         # while a run writes: its PID and host (jaxfcn.train.lock)
+      damaged/             # only after a resume found damaged steps: they are moved here
 
 A workdir belongs to exactly one config: re-running the same config resumes it, a different config is
-refused (so two experiments never mix their checkpoints).
+refused (so two experiments never mix their checkpoints). One process writes it at a time
+(:mod:`jaxfcn.train.lock`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import ml_collections
 
 from jaxfcn.config import base_config, config_to_json
 from jaxfcn.errors import UserError
+from jaxfcn.train.lock import LOCK_FILE
 
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"
@@ -51,6 +55,11 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
+
+
+def entries(directory: str) -> list[str]:
+    """``os.listdir(directory)`` without the lock file: a directory holding only its lock is empty."""
+    return [name for name in os.listdir(directory) if name != LOCK_FILE]
 
 
 # The sections that define a training run (others, e.g. ``study``, configure other commands).
@@ -109,7 +118,7 @@ def check_workdir(workdir: str, config) -> bool:
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir}: exists and is not a directory")
-    if not os.path.isdir(workdir) or not os.listdir(workdir):
+    if not os.path.isdir(workdir) or not entries(workdir):
         return False
     if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
         raise UserError(f"--workdir {workdir}: not empty and not a jaxfcn workdir (no {CONFIG_FILE}); choose another")
