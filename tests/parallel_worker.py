@@ -2,12 +2,16 @@
 
     python tests/parallel_worker.py devices OUT.json                       # 8 host CPU devices (XLA_FLAGS)
     python tests/parallel_worker.py host PROCESS_ID NUM_PROCESSES PORT WORKDIR   # one process of a multi-host run
+    python tests/parallel_worker.py cli CONFIG FOLDER                      # `jaxfcn train` in every --parallel mode
 
 ``devices``: with a frozen encoder, the train step of one seed under ``--parallel sharding``, two stacked
 seeds (independent data order) under ``pmap`` and through the K-seed loop under ``auto`` (= sharding of the
 seed and data axes), each against ``none``, and the device errors; writes the largest parameter
 differences to OUT.json. (Each compilation costs seconds, so each path is compiled once.) ``host``: trains the tiny run in WORKDIR as one of NUM_PROCESSES
-processes (gloo collectives over 127.0.0.1:PORT).
+processes (gloo collectives over 127.0.0.1:PORT). ``cli``: runs ``jaxfcn train --config CONFIG`` once per
+``--parallel`` mode (workdirs FOLDER/<mode>) through the CLI's ``main``, one after the other in this process
+(one interpreter start for four runs), and prints for each its exit code and the threads still alive
+after it; the process then exits normally, so its exit code covers what all four runs left behind.
 """
 from __future__ import annotations
 
@@ -140,8 +144,22 @@ def host_task(process_id: int, num_processes: int, port: int, workdir: str) -> N
     print("SUMMARY " + json.dumps({"parallel": summary["parallel"], "final_step": summary["final_step"]}), flush=True)
 
 
+def cli_task(config: str, folder: str) -> None:
+    import threading
+
+    from jaxfcn.cli import main
+
+    for mode in ("none", "pmap", "sharding", "auto"):
+        code = main(["train", "--config", config, "--workdir", os.path.join(folder, mode), "--parallel", mode,
+                     "--no-progress"])
+        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+        print("RUN " + json.dumps({"mode": mode, "code": code, "threads": alive}), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "devices":
         devices_task(sys.argv[2])
+    elif sys.argv[1] == "cli":
+        cli_task(sys.argv[2], sys.argv[3])
     else:
         host_task(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
