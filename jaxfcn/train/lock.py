@@ -5,19 +5,20 @@ same checkpoints and the same ``metrics.jsonl`` at the same time. Now the second
 that names the holder::
 
     jaxfcn: error: --workdir runs/tissue: in use by another jaxfcn process (PID 4242 on host node3, since
-    2025-01-01 10:00:00 UTC); wait for it to end or use another workdir
+    2025-01-01 10:00:00 UTC); wait for it to end or use another directory
 
 How: ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``DIR/.jaxfcn.lock``, which holds the holder's PID, host,
 start time and command line (JSON). The kernel releases a flock when its process dies, ``kill -9``
 included. So a lock left by a killed run is stale by construction: the next run takes it over (and says
 so on stderr), and a rerun resumes. On NFS, Linux maps flock to a POSIX lock that the server arbitrates
-between hosts. A clean release deletes the lock file while still holding the lock. Someone who opened
-the old file checks after locking that the path still names it, and tries again if not. So an
-unlinked file never lets two holders in.
+between hosts. A file system without locks gets a note and an unlocked run, not a refusal.
 
-The lock file is the only file a lock adds, and :func:`jaxfcn.train.workdir.entries` lists a directory
-without it (a fresh workdir holding only its lock is still empty). A lock is per open file: a second lock on the same
-directory is refused even in the same process.
+A clean release deletes the lock file while still holding the lock. Someone who opened the old file
+checks after locking that the path still names it, and tries again if not, so an unlinked file never
+lets two holders in. The lock file is the only file a lock adds, and
+:func:`jaxfcn.train.workdir.entries` lists a directory without it (a fresh workdir holding only its lock
+is still empty). A lock is per open file: a second lock on the same directory is refused even in the
+same process.
 
 Example::
 
@@ -41,6 +42,8 @@ import time
 from jaxfcn.errors import UserError
 
 LOCK_FILE = ".jaxfcn.lock"
+# flock errors of a file system without locks (some FUSE and old NFS mounts): a run goes on unlocked, with a note.
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def _holder(fd: int) -> dict:
@@ -88,6 +91,10 @@ class DirectoryLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                if e.errno in UNSUPPORTED:
+                    print(f"jaxfcn: note: {self.flag} {self.directory}: the file system cannot lock {self.path} "
+                          f"({e.strerror}); running without a lock", file=sys.stderr)
+                    return fd, {}
                 holder = _holder(fd)
                 for _ in range(20):  # the holder writes its PID right after locking
                     if holder.get("pid") is not None:

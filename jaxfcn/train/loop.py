@@ -4,9 +4,11 @@ What a run does, in order:
 
 1. Validate everything that can be wrong (config values, dataset, ``--init`` source, workdir ownership)
    before anything is written; resolve ``model.num_classes`` / ``model.in_channels`` from the dataset.
-2. Create or resume the workdir (:mod:`jaxfcn.train.workdir`). A fresh run saves its step-0 params as a
-   snapshot; a resumed run restores params, optimiser state, rng and step from the latest checkpoint and
-   continues the data stream at that step (batch t depends only on (data seed, t)).
+2. Lock, then create or resume the workdir (:mod:`jaxfcn.train.lock`, :mod:`jaxfcn.train.workdir`). A
+   fresh run saves its step-0 params as a snapshot; a resumed run restores params, optimiser state, rng
+   and step from the latest checkpoint that verifies (damaged steps are moved aside, see
+   :func:`jaxfcn.train.checkpoint.set_aside_damaged`) and continues the data stream at that step (batch t
+   depends only on (data seed, t)).
 3. Train with the jitted step of :mod:`jaxfcn.train.step`; every ``eval_every`` steps (and at the end)
    validate: mean foreground Dice of pooled counts over ``eval_batches("val", batch_size, val_batches)``.
 4. Checkpoint every ``checkpoint_every`` steps, at every new best validation Dice (unless
