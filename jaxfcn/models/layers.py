@@ -433,8 +433,9 @@ class Norm(nn.Module):
     """group: GroupNorm(min(groups, C)); instance: one group per channel; batch: BatchNorm; none: identity.
 
     Group and instance norm keep no running statistics, so freezing a part fixes its function exactly.
-    BatchNorm keeps ``batch_stats`` that are *not* parameters: they keep updating during training even in
-    a frozen part (the frozen part's eval-time function then still drifts). Prefer group/instance norm for
+    BatchNorm keeps ``batch_stats`` that are *not* parameters; a frozen part runs its batch norms with
+    ``train=False`` (running averages used and kept, see :mod:`jaxfcn.train.step`), so a frozen random
+    encoder with batch norm is not normalised by its batches. Prefer group/instance norm for
     frozen-encoder experiments.
     """
 

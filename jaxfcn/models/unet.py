@@ -139,7 +139,10 @@ class UNet(nn.Module):
         return [self.base_width * self.width_multiplier**level for level in range(self.depth)]
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, frozen_parts: Sequence[str] = ()):
+        """``train``: batch norms normalise with the batch's statistics and update their running averages,
+        except in ``frozen_parts`` (a run's frozen parts), which normalise with their running averages and
+        keep them, as at evaluation, so a frozen part computes one fixed function."""
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected input (N, {'D, ' if self.spatial_dims == 3 else ''}H, W, C), got {x.shape}")
         dtype = jnp.dtype(self.compute_dtype)
@@ -147,11 +150,11 @@ class UNet(nn.Module):
                       kernel_size=self.kernel_size, norm=self.norm, norm_groups=self.norm_groups,
                       activation=self.activation, kernel_init=self.kernel_init, conv_impl=self.conv_impl,
                       dtype=dtype)
-        enc = Encoder(**shared, name="encoder")(x, train)
+        enc = Encoder(**shared, name="encoder")(x, train and "encoder" not in frozen_parts)
         for level, feat in enumerate(enc[:-1]):
             self.sow("intermediates", f"enc_{level}", feat)
         self.sow("intermediates", "bottleneck", enc[-1])
-        dec = Decoder(**shared, name="decoder")(enc, train)
+        dec = Decoder(**shared, name="decoder")(enc, train and "decoder" not in frozen_parts)
         for level, feat in zip(reversed(range(1, self.depth - 1)), dec[:-1]):
             self.sow("intermediates", f"dec_{level}", feat)
         self.sow("intermediates", "head_input", dec[-1])

@@ -8,6 +8,9 @@ Freezing (the paper's "frozen random encoder" regime): the optimiser is ``optax.
 of :func:`jaxfcn.partition.param_labels`, with ``optax.set_to_zero()`` for frozen parts, and the loss is
 differentiated only with respect to the trainable subtree (split → grad → merge). So the frozen part's
 backward pass is never built, it holds no optimiser state, and it stays bitwise equal to its initial value.
+With ``model.norm="batch"`` a frozen part also runs as at evaluation: its batch norms normalise with their
+running averages and keep them bitwise (PyTorch's ``part.eval()`` of a frozen backbone), so the frozen part
+computes the same fixed function in training and in evaluation.
 
 Randomness: the augmentation key of step t is ``fold_in(state.rng, t)`` where ``state.rng`` is
 ``key(train.seed)``; a resumed run therefore draws exactly the augmentations of an uninterrupted one.
@@ -220,7 +223,9 @@ def _train_step_function(model, config, frozen_parts: tuple, axis_name: str | No
         variables = {"params": merge_params(trainable, frozen)}
         if use_batch_stats:
             variables["batch_stats"] = batch_stats
-            logits, updated = model.apply(variables, image, train=True, mutable=["batch_stats"])
+            # Frozen parts run as at evaluation: their batch norms use, and keep, their running averages.
+            logits, updated = model.apply(variables, image, train=True, frozen_parts=frozen_parts,
+                                          mutable=["batch_stats"])
             batch_stats = updated["batch_stats"]
         else:
             logits = model.apply(variables, image, train=True)
@@ -245,6 +250,11 @@ def _train_step_function(model, config, frozen_parts: tuple, axis_name: str | No
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             batch_stats = jax.lax.pmean(batch_stats, axis_name)
+        # The frozen parts' running statistics are passed through as they came in (bitwise: not even
+        # the device average of equal values is taken for them).
+        new_stats, _ = split_params(batch_stats, frozen_parts)
+        _, frozen_stats = split_params(state.batch_stats, frozen_parts)
+        batch_stats = merge_params(new_stats, frozen_stats)
         # Frozen leaves get zero "gradients" only to give optax.partition a full tree; set_to_zero ignores
         # them and XLA removes them. The update is applied to the trainable subtree alone, so frozen
         # params are passed through untouched (bitwise).
