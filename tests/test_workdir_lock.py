@@ -4,6 +4,7 @@ the holder's PID and host; the lock of a run killed with SIGKILL is taken over a
 The holders are real `jaxfcn train` subprocesses on the built-in tissue task (the tiny model), the second
 writer is the CLI in this process; before the lock both ran to the end writing the same files.
 """
+import contextlib
 import json
 import os
 import signal
@@ -28,10 +29,24 @@ def train_command(config, workdir):
     return ["train", "--config", config, "--workdir", workdir, "--no-progress"]
 
 
-def start(config, workdir) -> subprocess.Popen:
+def tiny_run(tmp_path, steps: int, checkpoint_every: int) -> tuple[str, str]:
+    """(config file, workdir) of a tiny run of ``steps`` steps, validated only at its end."""
+    config = write_tiny_config(tmp_path / "tiny.py", train__steps=steps, train__checkpoint_every=checkpoint_every,
+                               train__eval_every=steps, train__log_every=checkpoint_every, train__snapshot_steps="")
+    return config, str(tmp_path / "run")
+
+
+@contextlib.contextmanager
+def running(config, workdir):
+    """A real `jaxfcn train` subprocess, killed (if still running) when the block ends."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
-    return subprocess.Popen([sys.executable, "-m", "jaxfcn", *train_command(config, workdir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "jaxfcn", *train_command(config, workdir)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def wait_for(condition, process, what: str, timeout: float = 120.0) -> None:
@@ -57,34 +72,22 @@ def checkpoints(workdir) -> list[int]:
 
 @pytest.mark.slow
 def test_second_writer_is_refused_naming_pid_and_host(tmp_path, capsys):
-    config = write_tiny_config(tmp_path / "tiny.py", train__steps=1500, train__checkpoint_every=500,
-                               train__eval_every=1500, train__log_every=100, train__snapshot_steps="")
-    workdir = str(tmp_path / "run")
-    first = start(config, workdir)
-    try:
+    config, workdir = tiny_run(tmp_path, steps=1500, checkpoint_every=500)
+    with running(config, workdir) as first:
         wait_for(lambda: lock_holder(workdir).get("pid") == first.pid, first, "lock taken by the first run")
         assert main(train_command(config, workdir)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--workdir {workdir}: in use by another jaxfcn process (PID {first.pid} {HOLDER}" \
             in err[0], err
         assert first.poll() is None  # the holder goes on
-    finally:
-        first.kill()
-        first.communicate()
 
 
 @pytest.mark.slow
 def test_lock_of_a_killed_run_is_taken_over_and_the_rerun_resumes(tmp_path, capsys):
-    config = write_tiny_config(tmp_path / "tiny.py", train__steps=150, train__checkpoint_every=25,
-                               train__eval_every=150, train__log_every=25, train__snapshot_steps="")
-    workdir = str(tmp_path / "run")
-    victim = start(config, workdir)
-    try:
+    config, workdir = tiny_run(tmp_path, steps=150, checkpoint_every=25)
+    with running(config, workdir) as victim:
         wait_for(lambda: checkpoints(workdir), victim, "checkpoint")
         victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.kill()
-        victim.communicate()
     assert victim.returncode == -signal.SIGKILL
     at_kill = max(checkpoints(workdir))
     assert at_kill < 150 and lock_holder(workdir)["pid"] == victim.pid  # the stale lock is still on disk
