@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.slice_shape = (128, 128)  # 2D input size (crop/pad)
     c.data.patch_shape = (64, 64, 64)  # 3D input size
     c.data.foreground_oversample = 0.33  # 3D: fraction of patches centred on foreground
+    # 2D: fraction of every training batch drawn from the slices that hold foreground (0 = uniform over all
+    # slices); the slices' counterpart of foreground_oversample (jaxfcn.data.dataset).
+    c.data.foreground_batch_fraction = 0.0
     c.data.split = "templates"  # built-in: templates (the only one); user data: kfold
     c.data.fold = 0
     c.data.num_folds = 5
@@ -111,10 +114,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.source_seeds = 0  # 0 = one source per target seed (the only design the study allows)
     c.study.source_steps = 2000
     c.study.target_steps = 1000
+    # Per-target overrides of target_steps, "task=steps,…" (e.g. "lobes=1200"): a harder target needs a longer
+    # budget to learn; every regime and size of a target trains the same number of steps.
+    c.study.target_steps_by_task = ""
     c.study.probe_images = 64  # validation images fed to every model for CKA
     # CKA of the study (jaxfcn.reproduce.analysis): debiased | biased (only to compare with its artefact)
     c.study.cka_estimator = "debiased"
-    c.study.cka_max_features = 16384  # columns per layer (seeded spatial positions × all channels; memory bound)
+    # Rows of a layer's CKA representation: "positions" (default) = seeded spatial positions of every probe
+    # image, columns = channels; "images" = one row per probe image, columns = its flattened activations.
+    c.study.cka_convention = "positions"
+    c.study.cka_positions_per_image = 16  # positions convention: rows = probe_images × this
+    c.study.cka_max_features = 16384  # images convention: columns per layer (seeded positions × all channels)
     c.study.cka_permutations = 200  # permutation-null draws per layer
     return c
 

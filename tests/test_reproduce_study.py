@@ -120,11 +120,11 @@ def test_report_and_results_agree(study):
 def test_cka_is_debiased_with_both_null_baselines(study):
     results = json.loads((study["out"] / "results.json").read_text())
     settings = results["cka_settings"]
-    assert settings["estimator"] == "debiased" and settings["convention"] == "images"
+    assert settings["estimator"] == "debiased" and settings["convention"] == "positions"
     report = (study["out"] / "report.md").read_text()
-    assert "Feature convention: images: rows = probe images" in report
+    assert "Feature convention: positions: rows = 16 seeded spatial positions of each probe image" in report
     (target, cka), = results["cka"].items()
-    assert cka["probes"] == 6 and set(cka["members"]) == {"random", "transfer", "frozen_random", "source", "untrained"}
+    assert cka["probes"] == 6 and cka["rows"] == 6 * 16 and set(cka["members"]) == {"random", "transfer", "frozen_random", "source", "untrained"}
     models = cka["models"]
     assert [models[i] for i in cka["members"]["untrained"]] == ["untrained/0", "untrained/1", "untrained/2"]
     assert [models[i] for i in cka["members"]["source"]] == ["source/0", "source/1", "source/2"]  # by target seed
@@ -132,7 +132,7 @@ def test_cka_is_debiased_with_both_null_baselines(study):
         m = np.asarray(cka["matrices"][layer])
         np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-5)
         null = cka["permutation_null"][layer]
-        assert null["draws"] == 30 and abs(null["mean"]) < 0.3  # debiased: centred near 0 at n = 6
+        assert null["draws"] == 30 and abs(null["mean"]) < 0.3  # debiased: centred near 0 at n = 96 rows
         row = results["cka_summary"][target][layer]
         assert row["within"]["untrained"]["estimate"] is not None and row["permutation"] == null
     assert [t for t in results["tests"] if t["name"].startswith("5b:")]  # 3 seeds: models can be resampled
@@ -204,8 +204,12 @@ def test_quick_grid_report_says_smoke_test_in_its_first_line():
     assert text.splitlines()[2].startswith("# jaxfcn study")
 
 
-@pytest.mark.parametrize("setting,message", [("study.cka_estimator=rbf", "study.cka_estimator='rbf': choose from"),
-                                             ("study.probe_images=3", "debiased CKA needs at least 4")])
+@pytest.mark.parametrize("setting,message", [
+    ("study.cka_estimator=rbf", "study.cka_estimator='rbf': choose from"),
+    ("study.probe_images=3", "debiased CKA needs at least 4"),
+    ("study.cka_convention=pixels", "study.cka_convention='pixels': choose from positions, images"),
+    ("study.target_steps_by_task=structures=0", "'structures=0' is not task=steps with steps ≥ 1"),
+    ("study.target_steps_by_task=lobes=9", "'lobes' is not a target of this study")])
 def test_bad_cka_settings_are_refused_before_anything_is_written(setting, message, tmp_path, capsys):
     config = tmp_path / "grid.py"
     config.write_text(CONFIG)

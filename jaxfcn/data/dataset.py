@@ -7,6 +7,13 @@ a ``tfds.data_source`` over the prepared array_record cache or an in-memory :cla
 Determinism: batch ``t`` of a training stream depends only on ``(seed, t)``: epoch ``e = t·B // n`` uses
 the permutation drawn from ``numpy.random.default_rng([seed, e])``. So resuming at step ``t`` reproduces
 the exact data position without replaying the stream.
+
+Foreground sampling (``foreground_fraction`` f > 0, the 2D counterpart of the 3D patches' foreground
+oversampling): the first ``m = round(f·B)`` examples of every training batch come from a second stream over
+the training examples whose label has any foreground voxel (epoch permutations ``default_rng([seed, e, 1])``),
+the other ``B − m`` from the stream over all training examples. A small structure present in a third of the
+slices then appears in most batches, which shortens the all-background phase of training; both streams
+stay functions of ``(seed, t)``.
 """
 from __future__ import annotations
 
@@ -94,17 +101,30 @@ def subset_seed(data_config, train_config) -> int:
     return int(train_config.seed) if data_config.subset_per_seed else int(data_config.subset_seed)
 
 
+def has_foreground(source: ExampleSource, chunk: int = 512) -> np.ndarray:
+    """(len(source),) bool: whether each example's label has a voxel of a class other than 0."""
+    n = len(source)
+    out = np.zeros(n, bool)
+    for start in range(0, n, chunk):
+        idx = np.arange(start, min(n, start + chunk))
+        labels = (source.take(idx)["label"] if hasattr(source, "take")
+                  else np.stack([source[int(i)]["label"] for i in idx]))
+        out[idx] = np.asarray(labels).reshape(len(idx), -1).any(axis=1)
+    return out
+
+
 class SegmentationDataset:
     """Splits of fixed-shape examples plus whole cases for evaluation.
 
     ``example_cases[split][i]`` is the index (into ``case_ids[split]``) of the case that example ``i`` of
     the split was cut from; without it every example counts as its own case. ``train_indices`` are the
-    examples of the training subset (all by default).
+    examples of the training subset (all by default). ``foreground_fraction``: see the module docstring.
     """
 
     def __init__(self, info: DatasetInfo, sources: dict[str, ExampleSource],
                  cases: dict[str, Sequence[Case]] | None = None, train_indices: np.ndarray | None = None,
-                 example_cases: dict[str, np.ndarray] | None = None, case_ids: dict[str, Sequence[str]] | None = None):
+                 example_cases: dict[str, np.ndarray] | None = None, case_ids: dict[str, Sequence[str]] | None = None,
+                 foreground_fraction: float = 0.0, train_foreground: np.ndarray | None = None):
         self.info = info
         self.sources = sources
         self._cases = cases or {}
@@ -113,12 +133,28 @@ class SegmentationDataset:
         default_ids = lambda split: [f"{split}_{i}" for i in range(int(self.example_cases[split].max(initial=-1)) + 1)]
         self.case_ids = {split: list((case_ids or {}).get(split) or default_ids(split)) for split in sources}
         self.train_indices = np.arange(len(sources["train"])) if train_indices is None else train_indices
+        if not 0.0 <= float(foreground_fraction) <= 1.0:
+            raise ValueError(f"foreground_fraction={foreground_fraction}: must be in [0, 1]")
+        self.foreground_fraction = float(foreground_fraction)
+        self._train_foreground = train_foreground  # per example of the whole train split, computed once
+
+    def _derived(self, train_indices: np.ndarray, foreground_fraction: float) -> "SegmentationDataset":
+        return SegmentationDataset(self.info, self.sources, self._cases, train_indices, self.example_cases,
+                                   self.case_ids, foreground_fraction, self._train_foreground)
 
     def with_training_subset(self, size: int, seed: int) -> "SegmentationDataset":
         """The same data with the training subset of ``size`` cases drawn by ``seed`` (0 = all cases)."""
-        return SegmentationDataset(self.info, self.sources, self._cases,
-                                   training_subset(self.example_cases["train"], size, seed),
-                                   self.example_cases, self.case_ids)
+        return self._derived(training_subset(self.example_cases["train"], size, seed), self.foreground_fraction)
+
+    def with_foreground_sampling(self, fraction: float) -> "SegmentationDataset":
+        """The same data whose training batches hold ``round(fraction·B)`` examples with foreground."""
+        return self._derived(self.train_indices, fraction)
+
+    def train_foreground_indices(self) -> np.ndarray:
+        """The training subset's examples (indices into the train split) whose label has foreground."""
+        if self._train_foreground is None:
+            self._train_foreground = has_foreground(self.sources["train"])
+        return self.train_indices[self._train_foreground[self.train_indices]]
 
     def example_case_ids(self, split: str) -> list[str]:
         """The case id of every example of ``split`` (of the training subset for ``train``), in order."""
@@ -147,13 +183,13 @@ class SegmentationDataset:
     def batch_indices(self, step: int, batch_size: int, seed: int, split: str = "train") -> np.ndarray:
         """Indices (into the split) of training batch ``step``; see the module docstring."""
         base = self._indices(split)
-        n = len(base)
-        epochs, positions = np.divmod(step * batch_size + np.arange(batch_size), n)
-        out = np.empty(batch_size, np.int64)
-        for epoch in np.unique(epochs):  # a batch spans at most a few epochs
-            sel = epochs == epoch
-            out[sel] = base[np.random.default_rng([seed, int(epoch)]).permutation(n)[positions[sel]]]
-        return out
+        foreground = round(self.foreground_fraction * batch_size) if split == "train" else 0
+        if foreground:
+            pool = self.train_foreground_indices()
+            if len(pool):
+                return np.concatenate([_stream(pool, step, foreground, (seed,), 1),
+                                       _stream(base, step, batch_size - foreground, (seed,))])
+        return _stream(base, step, batch_size, (seed,))
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0, split: str = "train") -> Iterator[dict]:
         """Infinite stream of ``{"image": (B, *S, C) float32, "label": (B, *S) int32}`` from ``start_step``."""
@@ -185,3 +221,15 @@ class SegmentationDataset:
     def cases(self, split: str) -> Sequence[Case]:
         """Whole preprocessed volumes of a split (val/test), for per-case 3D metrics."""
         return self._cases.get(split, ())
+
+
+def _stream(base: np.ndarray, step: int, count: int, seed: tuple, *stream: int) -> np.ndarray:
+    """Batch ``step`` (``count`` examples) of the epoch-permuted stream over ``base``: epoch ``e`` is
+    ``base`` permuted by ``default_rng([*seed, e, *stream])``."""
+    n = len(base)
+    epochs, positions = np.divmod(step * count + np.arange(count), n)
+    out = np.empty(count, np.int64)
+    for epoch in np.unique(epochs):  # a batch spans at most a few epochs
+        sel = epochs == epoch
+        out[sel] = base[np.random.default_rng([*seed, int(epoch), *stream]).permutation(n)[positions[sel]]]
+    return out

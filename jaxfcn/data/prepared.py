@@ -230,4 +230,5 @@ def open_prepared(directory: Path, data_config, subset_seed: int | None = None) 
         example_cases = {split: data[split].astype(np.int64) for split in SPLITS}
     seed = int(data_config.subset_seed) if subset_seed is None else int(subset_seed)
     train_indices = training_subset(example_cases["train"], int(data_config.train_size), seed)
-    return SegmentationDataset(info, sources, cases, train_indices, example_cases, meta["case_ids"])
+    return SegmentationDataset(info, sources, cases, train_indices, example_cases, meta["case_ids"],
+                               foreground_fraction=float(data_config.get("foreground_batch_fraction", 0.0)))

@@ -5,9 +5,16 @@ CKA (claims 5a–5c), per target at its largest training size:
 
 - Estimator: ``study.cka_estimator`` (default ``"debiased"``: linear CKA from the unbiased HSIC of Song
   et al. 2012; ``"biased"`` only to compare with the artefact it has when probes ≪ features).
-- Features: convention ``"images"``: rows = the probe images, columns = one layer's flattened H·W·C
-  activations (:mod:`jaxfcn.analysis.features`), at most ``study.cka_max_features`` columns per layer
-  (seeded spatial positions with all channels, the same for every model).
+- Features (:mod:`jaxfcn.analysis.features`), by ``study.cka_convention``:
+
+  - ``"positions"`` (default): rows = ``study.cka_positions_per_image`` seeded spatial positions of every
+    probe image (the same input-grid positions for every model and layer, mapped onto each layer's grid),
+    columns = the layer's channels. Two untrained networks are far apart under it, so training has room to
+    show (the reason it is the default: see the Deviations of ``jaxfcn.reproduce.claims``).
+  - ``"images"``: rows = the probe images, columns = one layer's flattened H·W·C activations, at most
+    ``study.cka_max_features`` columns per layer (seeded spatial positions with all channels). Random
+    convolutional features preserve the input's image-to-image similarity, so two untrained networks
+    already score ≈ 0.9 under it.
 - Probes: ``study.probe_images`` validation images of the target, a seeded subset
   (:func:`jaxfcn.analysis.features.probe_images`), the same for every model.
 - Models: every regime's seeds (final parameters), the transfer seeds' own source models, and the
@@ -39,10 +46,13 @@ FILTER_REGIMES = ("random",)  # target regimes whose filters are tested (plus th
 EVOLUTION_REGIMES = ("random", "transfer", "frozen_random")
 CKA_ESTIMATORS = ("debiased", "biased")
 # Defaults of the study's CKA settings when a config does not set them (see the module docstring).
-CKA_DEFAULTS = {"cka_estimator": "debiased", "cka_max_features": 16384, "cka_permutations": 200}
-FEATURE_CONVENTION = ("images: rows = probe images, columns = one layer's flattened H·W·C activations "
-                      "(at most {max_features} columns: seeded spatial positions, all channels, the same for "
-                      "every model)")
+CKA_DEFAULTS = {"cka_estimator": "debiased", "cka_convention": "positions", "cka_positions_per_image": 16,
+                "cka_max_features": 16384, "cka_permutations": 200}
+FEATURE_CONVENTIONS = {
+    "positions": ("positions: rows = {positions_per_image} seeded spatial positions of each probe image (the "
+                  "same input-grid positions for every model and layer), columns = the layer's channels"),
+    "images": ("images: rows = probe images, columns = one layer's flattened H·W·C activations (at most "
+               "{max_features} columns: seeded spatial positions, all channels, the same for every model)")}
 
 
 def study_setting(config, key: str):
@@ -60,6 +70,12 @@ def check_settings(config) -> None:
     minimum = 4 if estimator == "debiased" else 2  # the unbiased HSIC divides by n(n−3)
     if int(config.study.probe_images) < minimum:
         raise UserError(f"study.probe_images={config.study.probe_images}: {estimator} CKA needs at least {minimum}")
+    convention = study_setting(config, "cka_convention")
+    if convention not in FEATURE_CONVENTIONS:
+        raise UserError(f"study.cka_convention={convention!r}: choose from {', '.join(FEATURE_CONVENTIONS)}")
+    if int(study_setting(config, "cka_positions_per_image")) < 1:
+        raise UserError(f"study.cka_positions_per_image={study_setting(config, 'cka_positions_per_image')}: "
+                        "must be ≥ 1")
     if int(study_setting(config, "cka_max_features")) < 1:
         raise UserError(f"study.cka_max_features={study_setting(config, 'cka_max_features')}: must be ≥ 1")
     if int(study_setting(config, "cka_permutations")) < 0:
@@ -69,15 +85,25 @@ def check_settings(config) -> None:
 def cka_settings(config, probes: dict[str, int]) -> dict:
     check_settings(config)
     estimator = study_setting(config, "cka_estimator")
+    convention = study_setting(config, "cka_convention")
     max_features = int(study_setting(config, "cka_max_features"))
+    per_image = int(study_setting(config, "cka_positions_per_image"))
     return {"estimator": estimator, "kernel": "linear", "probes": probes, "probe_split": "val",
-            "convention": "images", "max_features": max_features,
-            "feature_convention": FEATURE_CONVENTION.format(max_features=max_features),
+            "convention": convention, "max_features": max_features, "positions_per_image": per_image,
+            "feature_convention": FEATURE_CONVENTIONS[convention].format(max_features=max_features,
+                                                                         positions_per_image=per_image),
             "permutations": int(study_setting(config, "cka_permutations")),
             "untrained_baseline": "independently initialised, untrained networks: the step-0 parameters of "
                                   "the random-init seeds, on the same probe images",
             "permutation_baseline": "CKA(model a, model b with its probe rows shuffled), over pairs of "
                                     "trained models"}
+
+
+def feature_options(settings: dict) -> dict:
+    """Keyword arguments of :func:`jaxfcn.analysis.features.extract_features` for the study's convention."""
+    if settings.get("convention", "images") == "positions":
+        return {"convention": "positions", "positions_per_image": settings["positions_per_image"]}
+    return {"convention": "images", "max_features": settings["max_features"]}
 
 
 def is_ok(run: Run, status: dict) -> bool:
@@ -136,7 +162,7 @@ def _model_grams(workdir: str, step, images: np.ndarray, layers: list[str], sett
 
     variables, _ = load_variables(workdir, step)
     feats = extract_features(build_model(load_run_config(workdir).model), variables, images, layers,
-                             max_features=settings["max_features"])
+                             **feature_options(settings))
     grams, _ = centred_grams([feats[layer] for layer in layers], debiased=settings["estimator"] == "debiased",
                              labels=[f"{workdir}:{layer}" for layer in layers])
     return dict(zip(layers, grams))
@@ -187,10 +213,11 @@ def cka_results(config, sources: list[Run], targets: list[Run], probes: dict[str
             matrices[layer] = np.round(cka_from_grams(stack), 6).tolist()
             null[layer] = _permutation_summary(
                 [permuted_cka(grams[a][layer], grams[b][layer], perms) for (a, b), perms in
-                 zip(pairs, _spread(random_permutations(len(probes[task]), settings["permutations"], seed=k),
+                 zip(pairs, _spread(random_permutations(len(stack[0]), settings["permutations"], seed=k),
                                     len(pairs)))])
         out[task_label(task)] = {
             "layers": layers, "models": labels, "seeds": seeds, "probes": int(len(probes[task])),
+            "rows": int(len(next(iter(grams.values()))[layers[0]])),  # probes × positions per image
             "members": {g: [index[m] if m is not None else None for m in ms] for g, ms in members.items()},
             "matrices": matrices, "permutation_null": null}
     return out
@@ -226,7 +253,7 @@ def evolution_results(config, targets: list[Run], probes: dict[str, np.ndarray],
                 continue
             evo = representation_evolution(run.workdir, probes[task], layers,
                                            debiased=settings["estimator"] == "debiased",
-                                           feature_options={"max_features": settings["max_features"]})
+                                           feature_options=feature_options(settings))
             out.setdefault(task_label(task), {})[regime] = {
                 "seed": run.seed, "steps": evo["steps"], "vs_init": evo["vs_init"], "vs_final": evo["vs_final"]}
     return out

@@ -119,6 +119,22 @@ DEVIATIONS = [
      "reason": "Issue 14: biased CKA at n = 32 probes is ≈ 0.98 for independent data of the layers' widths, so "
                "5a–5c tracked feature dimension; a run that learned nothing counted as fastest in claim 1; "
                "claim 4 divided by a random-init Dice of 0.02; claim 2 flipped between runs on rounding."},
+    {"date": "2026-12-02", "rules": "5a, 5b, 5c (their inputs; the rules' text is unchanged)",
+     "change": "CKA feature convention of the study: 'images' (rows = probe images, columns = flattened "
+               "activations) replaced by 'positions' (rows = 16 seeded positions of each of the 128 probe "
+               "images, columns = channels). Decided on the untrained-network null alone, before the standard "
+               "grid's second run; no claim outcome was computed under either convention for the decision.",
+     "reason": "In the first standard study and in a pilot (lobes, 5 random-init seeds, 30 subjects, 500 "
+               "steps) two untrained networks scored 0.91–0.96 per layer under 'images', as high as trained "
+               "networks (0.75–0.96), so no layer could differ from the null; under 'positions' the untrained "
+               "null was 0.21–0.64 in the same pilot."},
+    {"date": "2026-12-02", "rules": "design (no rule text changed)",
+     "change": "Standard grid: target subcortical replaced by deep_nuclei; per-target budgets (structures 500, "
+               "lobes 900, deep_nuclei 800 steps; were 500 for all); half of every training batch drawn from "
+               "slices with foreground (data.foreground_batch_fraction = 0.5).",
+     "reason": "In the first standard study random-init test Dice at 30 subjects was 0.267 (lobes) and 0.166 "
+               "(subcortical), below the 0.5 the design requires; their validation curves were still rising "
+               "at 500 steps. Budgets were set from random-init pilots only (configs/reproduce_standard.py)."},
 ]
 
 CLAIM_TEXT = {

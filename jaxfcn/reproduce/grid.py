@@ -70,9 +70,28 @@ def task_label(task: str) -> str:
     return os.path.basename(os.path.normpath(str(task))) or "task"
 
 
+def target_steps(study) -> dict[str, int]:
+    """Training steps of every target of ``study``: ``study.target_steps`` unless
+    ``study.target_steps_by_task`` ("task=steps,…", tasks by their label) says otherwise."""
+    labels = {task_label(t): t for t in study.targets}
+    steps = {t: int(study.target_steps) for t in study.targets}
+    spec = str(study.get("target_steps_by_task", "") or "").strip()
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise UserError(f"study.target_steps_by_task={spec!r}: '{item}' is not task=steps with steps ≥ 1")
+        if name not in labels:
+            raise UserError(f"study.target_steps_by_task: '{name}' is not a target of this study "
+                            f"(targets: {', '.join(labels)})")
+        steps[labels[name]] = int(value)
+    return steps
+
+
 def plan(config, out_dir: str) -> tuple[list[Run], list[Run]]:
     """(source runs, target runs) of the grid in ``config.study``."""
     s = config.study
+    target_steps(s)  # refuse a malformed per-target budget before anything trains
     unknown = [r for r in s.regimes if r not in REGIMES]
     if unknown:
         raise UserError(f"study.regimes: unknown regime(s) {unknown}; choose from {list(REGIMES)}")
@@ -125,7 +144,7 @@ def run_config(config, run: Run):
         c.train.init, c.train.freeze = "random", ()
     else:
         regime = REGIMES[run.regime]
-        c.train.steps = config.study.target_steps
+        c.train.steps = target_steps(config.study)[run.task]
         c.data.train_size = run.train_size
         c.train.init = run.source_workdir if regime.from_source else "random"
         if regime.from_source:

@@ -170,6 +170,19 @@ def evolution_table(results) -> str:
     return _table(["target", "regime"] + layers, body)
 
 
+def design_text(results) -> str:
+    """One paragraph: the grid behind the verdicts (targets, sizes, regimes, seeds, steps)."""
+    d = results.get("design") or {}
+    if not d:
+        return ""
+    steps = d.get("target_steps")
+    steps = (", ".join(f"{t} {n}" for t, n in steps.items()) if isinstance(steps, dict) else str(steps))
+    return (f"Grid `{d.get('grid', 'custom')}`: source {d.get('source')} ({d.get('source_steps')} steps, one "
+            f"source model per target seed); targets {', '.join(d.get('targets', []))}; training subjects "
+            f"{', '.join(str(n) for n in d.get('train_sizes', []))}; regimes {', '.join(d.get('regimes', []))}; "
+            f"seeds {len(d.get('seeds', []))}; target steps {steps}; {d.get('runs')} runs.")
+
+
 def deviations_table(results) -> str:
     devs = results.get("rules", {}).get("deviations", [])
     if not devs:
@@ -189,7 +202,7 @@ def render(results, figures: dict[str, str], out_dir: str) -> str:
     parts += ["# jaxfcn study: what does transfer learning do to an FCN?", "",
               f"The claims of {PAPER}, tested on this run's data. Verdict rules (version {rules.get('version', '?')}) "
               "were written before the run; any later change is logged under Deviations. Every number is in "
-              "`results.json`.", "", "## Claims", "", claims_table(rows), ""]
+              "`results.json`.", "", design_text(results), "", "## Claims", "", claims_table(rows), ""]
     warnings = learning_warnings(results)
     if warnings:
         parts += ["**Targets this grid did not learn**:", ""] + [f"- {w}" for w in warnings] + [""]

@@ -22,7 +22,7 @@ import platform
 import re
 import time
 
-from jaxfcn.reproduce.grid import Run, conditions, plan, program_dir, run_config, task_label
+from jaxfcn.reproduce.grid import Run, conditions, plan, program_dir, run_config, target_steps, task_label
 from jaxfcn.train import curves
 from jaxfcn.train.lock import holding
 from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE, write_json_atomic
@@ -155,16 +155,21 @@ def design(config, sources: list[Run], targets: list[Run]) -> dict:
     return {"grid": s.get("grid", "custom"), "source": task_label(s.source),
             "targets": [task_label(t) for t in s.targets], "train_sizes": list(s.train_sizes),
             "regimes": list(s.regimes), "seeds": sorted({r.seed for r in targets}),
-            "source_steps": s.source_steps, "target_steps": s.target_steps, "runs": len(sources) + len(targets)}
+            "source_steps": s.source_steps,
+            "target_steps": {task_label(t): n for t, n in target_steps(s).items()},
+            "runs": len(sources) + len(targets)}
 
 
-def about(started: float) -> dict:
+def about(started: float, phases: dict[str, float] | None = None) -> dict:
+    """Provenance: machine, versions, date, wall time (and its split by phase, in minutes)."""
     import jax
 
     return {"machine": f"{platform.node()} · {platform.processor() or platform.machine()} · "
                        f"{os.cpu_count()} cores · backend {jax.default_backend()}",
             "versions": f"python {platform.python_version()}, jax {jax.__version__}",
             "total time": f"{(time.time() - started) / 60:.1f} min",
+            **({"phases": ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in phases.items())}
+               if phases else {}),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "data": "built-in MRI: see docs/data.md for sources, citations and licences"}
 
@@ -200,11 +205,14 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
                 tqdm.write(_progress_line(run, seconds, len(condition)))
         bar.update(len(condition))
     bar.close()
+    phases = {"training and evaluation": time.time() - started}
     results = {"design": design(config, sources, targets), "runs": [run_record(r) for r in targets],
                "source": [run_record(r) for r in sources]}
     status = {r["workdir"]: r["status"] for r in results["runs"] + results["source"]}
+    analysed = time.time()
     results.update(analysis.analyse(config, sources, targets, status, progress=progress))
-    results["about"] = about(started)
+    phases["filters, CKA and evolution"] = time.time() - analysed
+    results["about"] = about(started, phases)
     results["claims"], results["tests"] = claims.evaluate_claims(results)
     results["conditions"] = claims.condition_summary(results, is_real=is_real_case)
     results["cka_summary"] = claims.cka_summary(results)
