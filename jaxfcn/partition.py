@@ -52,6 +52,31 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
     return {k: both[k] for k in PARTS if k in both}
 
 
+# The model keys that decide what a transferred part computes: its parameter shapes (spatial_dims,
+# in_channels, depth, widths, convs_per_block, kernel_size, norm) and, with equal shapes, the function its
+# values are used in (norm, norm_groups for group norm, activation). A transfer between configs that differ
+# in any of them is refused. Not listed: num_classes (shapes only the head, re-initialised when it
+# differs), kernel_init (draws initial values, which the transfer replaces), conv_impl and compute_dtype
+# (same function, other program or rounding).
+TRANSFER_KEYS = ("spatial_dims", "in_channels", "depth", "base_width", "width_multiplier", "convs_per_block",
+                 "kernel_size", "norm", "norm_groups", "activation")
+
+
+def transfer_differences(source_model, target_model) -> list[str]:
+    """``"model.KEY: S in the source, T here"`` for each key of :data:`TRANSFER_KEYS` whose value differs
+    between two ``config.model`` sections (empty: the source's parts compute the same function here).
+    ``norm_groups`` counts only where both models use group norm."""
+
+    def value(model, key):
+        v = model.get(key)
+        return list(v) if isinstance(v, tuple) else v
+
+    both_group = source_model.get("norm") == target_model.get("norm") == "group"
+    return [f"model.{k}: {value(source_model, k)} in the source, {value(target_model, k)} here"
+            for k in TRANSFER_KEYS if value(source_model, k) != value(target_model, k)
+            and (k != "norm_groups" or both_group)]
+
+
 def transfer_params(target: dict, source: dict, parts: Iterable[str] = ("encoder", "decoder")) -> dict:
     """``target`` with the listed parts replaced by the source's (shapes must agree exactly).
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxfcn.config import architecture_of
 from jaxfcn.errors import UserError
-from jaxfcn.partition import PARTS
+from jaxfcn.partition import PARTS, transfer_differences
 from jaxfcn.train import curves
 from jaxfcn.train import workdir as wd
 
@@ -147,8 +147,7 @@ def check_init_source(config) -> dict | None:
     source = config.train.init
     source_config = wd.load_run_config(source)
     mine, theirs = architecture_of(config), architecture_of(source_config)
-    diffs = [f"model.{k}: {theirs[k]} in the source, {mine[k]} here" for k in mine
-             if k != "num_classes" and mine[k] != theirs.get(k)]
+    diffs = transfer_differences(source_config.model, config.model)
     if diffs:
         raise UserError(f"--init {source}: architecture differs ({'; '.join(diffs)})")
     available = sorted(set(checkpoint.snapshot_steps(source)) | set(checkpoint.checkpoint_steps(source)))
