@@ -7,7 +7,7 @@
 ``devices``: with a frozen encoder, the train step of one seed under ``--parallel sharding``, two stacked
 seeds (independent data order) under ``pmap`` and through the K-seed loop under ``auto`` (= sharding of the
 seed and data axes), each against ``none``, and the device errors; writes the largest parameter
-differences to OUT.json. (Each compilation costs seconds, so each path is compiled once.) ``host``: trains the tiny run in WORKDIR as one of NUM_PROCESSES
+differences, relative to the largest update of the reference (:func:`update_difference`), to OUT.json. (Each compilation costs seconds, so each path is compiled once.) ``host``: trains the tiny run in WORKDIR as one of NUM_PROCESSES
 processes (gloo collectives over 127.0.0.1:PORT). ``cli``: runs ``jaxfcn train --config CONFIG`` once per
 ``--parallel`` mode (workdirs FOLDER/<mode>) through the CLI's ``main``, one after the other in this process
 (one interpreter start for four runs), and prints for each its exit code and the threads still alive
@@ -41,6 +41,9 @@ def tiny_config():
     c.model.depth, c.model.base_width, c.model.norm_groups = 2, 4, 2
     c.data.slice_shape = (32, 32)
     c.train.batch_size, c.train.steps, c.train.lr_schedule = BATCH, STEPS, "constant"
+    # SGD: each update is lr × gradient, so a gradient off by a factor N moves the parameters N× as far
+    # (Adam's first updates are ±lr whatever the gradient's scale, and would hide such a bug).
+    c.train.optimizer, c.train.learning_rate = "sgd", 0.1
     c.train.eval_every = c.train.log_every = c.train.checkpoint_every = STEPS
     c.train.val_batches, c.train.snapshot_steps = 1, ""
     c.train.freeze = ("encoder",)
@@ -50,6 +53,13 @@ def tiny_config():
 def max_difference(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def update_difference(init, reference, other) -> float:
+    """max |other - reference| / max |reference - init|: how far ``other``'s training moved the parameters
+    elsewhere than the reference's did, as a fraction of the reference's largest update (a gradient off
+    by a factor N gives about N - 1)."""
+    return max_difference(other, reference) / max_difference(reference, init)
 
 
 def run_steps(plan, model, config, members, batches):
@@ -102,10 +112,11 @@ def devices_task(out_path: str) -> None:
             out["errors"][name] = str(e)
 
     # One seed under sharding: XLA partitions the one-device step over a (1, 8) mesh.
-    reference = run_steps(plan_devices("none", BATCH), model, config, [init_train_state(model, config, frozen)], batches)
+    start = init_train_state(model, config, frozen)
+    (reference,) = run_steps(plan_devices("none", BATCH), model, config, [start], batches)
     plan = plan_devices("sharding", BATCH)
-    out["sharding_seeds0"] = max_difference(reference, run_steps(plan, model, config, [init_train_state(
-        model, config, frozen)], batches))
+    (sharded,) = run_steps(plan, model, config, [start], batches)
+    out["sharding_seeds0"] = update_difference(start.params, reference, sharded)
     out["sharding_seeds0_plan"] = plan.describe()
 
     # Two seeds with independent data order (seed n on the batches of data seed n, stacked): pmap, and the
@@ -118,13 +129,14 @@ def devices_task(out_path: str) -> None:
         members.append(init_train_state(model, config, frozen))
     reference = run_steps(plan_devices("none", BATCH, 2, seed_batches=True), model, config, members, seed_batches)
     plan = plan_devices("pmap", BATCH, 2, seed_batches=True)
-    out["pmap_seeds2"] = max(max_difference(a, b) for a, b in zip(
-        reference, run_steps(plan, model, config, members, seed_batches)))
+    out["pmap_seeds2"] = max(update_difference(m.params, r, p) for m, r, p in zip(
+        members, reference, run_steps(plan, model, config, members, seed_batches)))
     out["pmap_seeds2_plan"] = plan.describe()
     config.train.seed, config.train.num_seeds = 0, 2
     summaries = train_seeds(config, tempfile.mkdtemp(), dataset=data, progress=False)
     out["loop_parallel"] = summaries[0]["parallel"]
-    out["loop_seeds2"] = max(max_difference(load_params(s["workdir"]), r) for s, r in zip(summaries, reference))
+    out["loop_seeds2"] = max(update_difference(m.params, r, load_params(s["workdir"]))
+                             for m, r, s in zip(members, reference, summaries))
     with open(out_path, "w") as f:
         json.dump(out, f)
 
