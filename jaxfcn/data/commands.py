@@ -1,4 +1,4 @@
-"""``jaxfcn data list|prepare|check|show|export``: inspect, prepare and verify datasets from the command line.
+"""``jaxfcn data list|prepare|check|show|export|fetch``: inspect, prepare and verify datasets from the command line.
 
 Examples::
 
@@ -7,9 +7,11 @@ Examples::
     jaxfcn data check /data/Task04_Hippocampus         # exit 1 and one line per problem if any
     jaxfcn data show tissue --out tissue.png           # the real template and three of its subjects
     jaxfcn data export subcortical --subjects 8 --out /data/jaxfcn_subcortical
+    jaxfcn data fetch msd Task04_Hippocampus --to /data   # download, verify, unpack, check
 """
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -68,17 +70,33 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def _report_check(path) -> int:
+    """Print ``jaxfcn data check``'s lines for ``path``; 1 if there are problems."""
     from jaxfcn.data.check import check_folder
 
-    problems, summary = check_folder(args.path)
+    problems, summary = check_folder(path)
     for line in problems:
         print(line)
     if problems:
-        print(f"{args.path}: {len(problems)} problem(s) found", file=sys.stderr)
+        print(f"{path}: {len(problems)} problem(s) found", file=sys.stderr)
         return 1
     print(summary)
     return 0
+
+
+def cmd_check(args) -> int:
+    return _report_check(args.path)
+
+
+def cmd_fetch_msd(args) -> int:
+    from jaxfcn.data.msd_fetch import fetch_msd, resolve_task, task_folder
+
+    already = os.path.isfile(os.path.join(task_folder(args.task, args.to), "dataset.json"))
+    folder = fetch_msd(args.task, args.to, mirror=args.mirror, md5=args.md5, keep_archive=args.keep_archive,
+                       progress=not args.quiet)
+    print(f"{resolve_task(args.task)}: {'already in' if already else 'fetched, MD5 verified, unpacked into'} "
+          f"{folder}")
+    return _report_check(folder)
 
 
 def cmd_show(args) -> int:
@@ -138,7 +156,7 @@ def cmd_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    data = subparsers.add_parser("data", help="list, prepare, check and show datasets")
+    data = subparsers.add_parser("data", help="list, prepare, check, show, export and fetch datasets")
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
@@ -156,6 +174,22 @@ def register(subparsers) -> None:
     p = sub.add_parser("check", help="integrity check of an MSD or nnU-Net folder (exit 1 on any problem)")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_check)
+
+    fetch = sub.add_parser("fetch", help="download a public dataset (verified, resumable) and check it")
+    sources = fetch.add_subparsers(dest="fetch_source", metavar="SOURCE")
+    sources.required = True
+    p = sources.add_parser("msd", help="a Medical Segmentation Decathlon task (the archives MONAI uses)",
+                           description="Download TASK's archive (resuming a cut download), verify its pinned "
+                                       "MD5, unpack it into DIR/TASK atomically and run `jaxfcn data check`.")
+    p.add_argument("task", metavar="TASK", help="Task01_BrainTumour … Task10_Colon, or its number (4, Task04)")
+    p.add_argument("--to", metavar="DIR", help="parent folder (default: $JAXFCN_MSD_DIR, else $JAXFCN_CACHE/msd)")
+    p.add_argument("--mirror", metavar="URL|DIR", help="base URL or folder holding TASK.tar (default: "
+                                                      "$JAXFCN_MSD_MIRROR, else the AWS open-data mirror)")
+    p.add_argument("--md5", metavar="HEX", help="expected MD5 of the archive instead of the pinned one "
+                                                "(a mirror serving its own archive)")
+    p.add_argument("--keep-archive", action="store_true", help="keep DIR/TASK.tar after unpacking")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fetch_msd)
 
     p = sub.add_parser("export", help="write built-in subjects as an MSD / nnU-Net folder (NIfTI)")
     p.add_argument("task", metavar="NAME", help="built-in task")

@@ -78,12 +78,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("JAXFCN_CACHE") or Path.home() / ".cache" / "jaxfcn")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (``algorithm``: any :func:`hashlib.new` name; MD5 is
+    only a checksum here, as the MSD archives are pinned by it)."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return digest_of(path, "sha256")
 
 
 @contextlib.contextmanager
