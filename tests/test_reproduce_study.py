@@ -114,7 +114,9 @@ def test_report_and_results_agree(study):
     for evo in results["evolution"][target].values():
         assert evo["steps"][0] == 0 and evo["steps"][-1] == 4
         assert all(v[0] == pytest.approx(1.0, abs=1e-4) for v in evo["vs_init"].values())
-    assert "about" in results and "total time" in results["about"]
+    assert "about" in results and "total time" in results["about"] and "phases" in results["about"]
+    assert results["design"]["target_steps"] == {"Dataset002_Target": 4}
+    assert "target steps Dataset002_Target 4" in report and "seeds 3" in report  # the design line
 
 
 def test_cka_is_debiased_with_both_null_baselines(study):

@@ -101,6 +101,8 @@ def check_config(config) -> None:
             raise UserError(f"train.{key}: must be positive (got {t[key]})")
     if m.depth < 1 or m.base_width < 1:
         raise UserError("model.depth and model.base_width must be positive")
+    if not 0.0 <= float(config.data.foreground_batch_fraction) <= 1.0:
+        raise UserError(f"data.foreground_batch_fraction={config.data.foreground_batch_fraction}: must be in [0, 1]")
     if config.data.dims != m.spatial_dims:
         raise UserError(f"data.dims={config.data.dims} but model.spatial_dims={m.spatial_dims}; they must agree")
     for key, parts in (("train.freeze", t.freeze), ("train.transfer_parts", t.transfer_parts)):
