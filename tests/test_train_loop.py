@@ -37,8 +37,10 @@ def test_parse_snapshot_steps():
 def test_run_layout_summary_and_snapshots(config, tmp_path):
     workdir = str(tmp_path / "run")
     summary = train_and_evaluate(config, workdir, dataset=shapes_dataset(), progress=False)
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "dataset_info.json", "metrics.jsonl",
-                                           "snapshots", "train_summary.json"]
+    names = sorted(os.listdir(workdir))  # with one TensorBoard event file (jaxfcn.train.tensorboard)
+    assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
+        "checkpoints", "config.json", "dataset_info.json", "metrics.jsonl", "snapshots", "train_summary.json"]
+    assert len(names) == 7
     resolved = load_run_config(workdir)
     assert (resolved.model.num_classes, resolved.model.in_channels) == (4, 1)
     assert summary["train_step_compilations"] in (0, 1)  # 0: compiled by an earlier test

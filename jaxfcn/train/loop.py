@@ -350,6 +350,7 @@ class RunFiles:
         self.snapshots = checkpoint.snapshot_manager(workdir)
         self.summary_path = os.path.join(workdir, wd.TRAIN_SUMMARY_FILE)
         self.log: MetricsLog | None = None
+        self.board = None  # TensorBoard event file (jaxfcn.train.tensorboard), opened with the log
 
     def checkpoint_steps(self) -> list[int]:
         """The steps this run can resume from (damaged ones excluded)."""
@@ -381,6 +382,9 @@ class RunFiles:
         if start == 0:
             checkpoint.save_snapshot(self.snapshots, 0, state.variables())
         self.log = MetricsLog(os.path.join(self.workdir, wd.METRICS_FILE), start, write=self.primary)
+        from jaxfcn.train.tensorboard import Board
+
+        self.board = Board(self.workdir, self.config, start, write=self.primary)
         self.previous = _load_json(self.summary_path)
         self.resumed_at = (self.previous.get("resumed_at", []) + [start]) if start > 0 else []
         self.best = max([r["val_dice"] for r in self.log.records if _finite(r.get("val_dice"))], default=float("-inf"))
@@ -415,6 +419,7 @@ class RunFiles:
             if self.new_best:
                 self.best = self.val_dice
         self.log.write(record)
+        self.board.write(record)
         return record
 
     def save(self, state, *, snapshot: bool, checkpoint_now: bool, evaluated: bool) -> None:
@@ -464,6 +469,8 @@ class RunFiles:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+        if self.board is not None:
+            self.board.close()
         self.states.close()
         self.snapshots.close()
 
@@ -520,6 +527,8 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, train_step, e
             for run, run_values, member in zip(runs, values, members):
                 validation = validate(eval_step, member.variables(), dataset, config) if is_eval else None
                 record = run.flush(step, run_values, train_time, steps_per_s, validation)
+                if is_eval:
+                    run.board.predictions(step, member.variables(), dataset)
                 records.append(record)
                 if is_eval and progress and plan.primary:
                     tqdm.write(f"{run.label}step {step}/{t.steps}  loss {record['loss']:.4f}  val Dice "
