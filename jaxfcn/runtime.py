@@ -1,4 +1,5 @@
-"""Process-wide JAX settings of the ``jaxfcn`` command (and the test suite): a persistent compilation cache.
+"""Process-wide JAX settings of the ``jaxfcn`` command (and the test suite): a persistent compilation cache,
+and XLA compiler options filtered to those the installed XLA accepts.
 
 A study compiles the same few programs again and again (every condition of a grid trains the same
 architecture; only the data, the seed and the initial values change), and each compilation costs seconds
@@ -11,6 +12,8 @@ module imports nothing heavy and the user's own ``JAX_COMPILATION_CACHE_DIR`` wi
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
 
@@ -41,3 +44,41 @@ def enable_compilation_cache() -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs",
                           float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def supported_compiler_options(options: dict, backend: str | None = None) -> dict:
+    """``options`` (XLA compiler options for ``jax.jit(..., compiler_options=...)``) without those that the
+    installed XLA rejects on ``backend`` (default: JAX's default backend).
+
+    Option names and values belong to one XLA version (an experimental option may be added, renamed or
+    dropped by any jaxlib), and one that XLA does not know makes every compilation that passes it fail.
+    The options are tuning, never semantics, so an unknown one is dropped (logged at INFO on the
+    ``jaxfcn`` logger). Each set is probed once per process by compiling a one-operation program.
+    """
+    import jax
+
+    backend = backend or jax.default_backend()
+    items = tuple(sorted(options.items()))
+    if not items or _compiles(backend, items):
+        return dict(items)
+    kept = {k: v for k, v in items if _compiles(backend, ((k, v),))}
+    dropped = sorted(set(options) - set(kept))
+    import jaxlib
+
+    logging.getLogger("jaxfcn").info("XLA compiler options not accepted by jaxlib %s on %s, not used: %s",
+                                     jaxlib.__version__, backend, dropped)
+    return kept
+
+
+@functools.lru_cache(maxsize=None)
+def _compiles(backend: str, items: tuple) -> bool:
+    """Whether a trivial program compiles and runs on ``backend`` with the compiler options ``items``."""
+    import jax
+    import numpy as np
+
+    x = jax.device_put(np.float32(0), jax.devices(backend)[0])
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=dict(items))(x).block_until_ready()
+    except Exception:  # XLA's error for an unknown option or value (JaxRuntimeError: INVALID_ARGUMENT)
+        return False
+    return True

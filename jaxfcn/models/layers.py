@@ -41,10 +41,13 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 def compiler_options(backend: str | None = None) -> dict:
     """XLA compiler options for the U-Net's programs on ``backend`` (default: JAX's default backend).
 
-    Pass them to ``jax.jit(..., compiler_options=compiler_options())``. Empty where no option measured better.
+    Pass them to ``jax.jit(..., compiler_options=compiler_options())``. Empty where no option measured better,
+    or where the installed XLA does not know the option (:func:`jaxfcn.runtime.supported_compiler_options`).
     """
+    from jaxfcn.runtime import supported_compiler_options
+
     backend = backend or jax.default_backend()
-    return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else {}
+    return supported_compiler_options(CPU_COMPILER_OPTIONS, backend) if backend == "cpu" else {}
 
 KERNEL_INITS: dict[str, Callable] = {
     "he_normal": nn.initializers.he_normal(),

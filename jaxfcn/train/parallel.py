@@ -270,10 +270,10 @@ def _unstack_fn(plan: DevicePlan) -> Callable:
 
         # Sharding: replicated outputs (global arrays that every process can save and evaluate).
         # Slicing needs no optimisation: compile fast (XLA:CPU otherwise spends seconds on a big state tree).
-        from jaxfcn.train.step import FAST_COMPILE
+        from jaxfcn.train.step import fast_compile
 
         _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._named() if plan.mode == "sharding" else None,
-                                      compiler_options=FAST_COMPILE)
+                                      compiler_options=fast_compile())
     return _UNSTACK_CACHE[key]
 
 

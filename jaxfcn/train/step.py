@@ -41,8 +41,15 @@ from jaxfcn.train.metrics import confusion_counts
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-# XLA options for run-once programs where compile time dominates (initialisation).
+# XLA options for run-once programs where compile time dominates (initialisation); use fast_compile().
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def fast_compile() -> dict:
+    """:data:`FAST_COMPILE` less any option the installed XLA rejects (see jaxfcn.runtime)."""
+    from jaxfcn.runtime import supported_compiler_options
+
+    return supported_compiler_options(FAST_COMPILE)
 
 
 @flax.struct.dataclass
@@ -164,7 +171,7 @@ def _init_program(model, config, frozen_parts: tuple) -> Callable:
         # threefry/erfinv code of the initialisers (measured: 7 s → 1.5 s for the tiny test model). The
         # values are a deterministic function of (config, seed), since this is the only path that
         # initialises a run.
-        @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+        @functools.partial(jax.jit, compiler_options=fast_compile())
         def init(base, params):
             variables = init_variables(model, jax.random.fold_in(jax.random.wrap_key_data(base), 0), shape)
             params = variables["params"] if params is None else params
