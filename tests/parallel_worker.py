@@ -159,12 +159,15 @@ def host_task(process_id: int, num_processes: int, port: int, workdir: str) -> N
 def cli_task(config: str, folder: str) -> None:
     import threading
 
+    from tqdm._monitor import TMonitor  # tqdm's own idle monitor (unnamed in older tqdm), not a run's thread
+
     from jaxfcn.cli import main
 
     for mode in ("none", "pmap", "sharding", "auto"):
         code = main(["train", "--config", config, "--workdir", os.path.join(folder, mode), "--parallel", mode,
                      "--no-progress"])
-        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+        alive = [t.name for t in threading.enumerate()
+                 if t is not threading.main_thread() and not isinstance(t, TMonitor)]
         print("RUN " + json.dumps({"mode": mode, "code": code, "threads": alive}), flush=True)
 
 
