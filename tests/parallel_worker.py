@@ -166,8 +166,10 @@ def cli_task(config: str, folder: str) -> None:
     for mode in ("none", "pmap", "sharding", "auto"):
         code = main(["train", "--config", config, "--workdir", os.path.join(folder, mode), "--parallel", mode,
                      "--no-progress"])
+        # A multiprocessing queue's feeder (a daemon of the event-file writer's queue) never calls into JAX.
         alive = [t.name for t in threading.enumerate()
-                 if t is not threading.main_thread() and not isinstance(t, TMonitor)]
+                 if t is not threading.main_thread() and not isinstance(t, TMonitor)
+                 and t.name != "QueueFeederThread"]
         print("RUN " + json.dumps({"mode": mode, "code": code, "threads": alive}), flush=True)
 
 
