@@ -138,17 +138,11 @@ class SegmentationDataset:
         self.foreground_fraction = float(foreground_fraction)
         self._train_foreground = train_foreground  # per example of the whole train split, computed once
 
-    def _derived(self, train_indices: np.ndarray, foreground_fraction: float) -> "SegmentationDataset":
-        return SegmentationDataset(self.info, self.sources, self._cases, train_indices, self.example_cases,
-                                   self.case_ids, foreground_fraction, self._train_foreground)
-
     def with_training_subset(self, size: int, seed: int) -> "SegmentationDataset":
         """The same data with the training subset of ``size`` cases drawn by ``seed`` (0 = all cases)."""
-        return self._derived(training_subset(self.example_cases["train"], size, seed), self.foreground_fraction)
-
-    def with_foreground_sampling(self, fraction: float) -> "SegmentationDataset":
-        """The same data whose training batches hold ``round(fraction·B)`` examples with foreground."""
-        return self._derived(self.train_indices, fraction)
+        return SegmentationDataset(self.info, self.sources, self._cases,
+                                   training_subset(self.example_cases["train"], size, seed), self.example_cases,
+                                   self.case_ids, self.foreground_fraction, self._train_foreground)
 
     def train_foreground_indices(self) -> np.ndarray:
         """The training subset's examples (indices into the train split) whose label has foreground."""

@@ -207,17 +207,18 @@ def cka_results(config, sources: list[Run], targets: list[Run], probes: dict[str
         index = {label: i for i, label in enumerate(labels)}
         trained = [l for l in labels if not l.startswith("untrained/")] or labels
         pairs = list(itertools.combinations(trained, 2)) or [(trained[0], trained[0])]  # one model: itself, shuffled
+        rows = len(grams[labels[0]][layers[0]])  # probes × positions per image under "positions"
         matrices, null = {}, {}
         for k, layer in enumerate(layers):
             stack = np.stack([grams[l][layer] for l in labels])
             matrices[layer] = np.round(cka_from_grams(stack), 6).tolist()
             null[layer] = _permutation_summary(
                 [permuted_cka(grams[a][layer], grams[b][layer], perms) for (a, b), perms in
-                 zip(pairs, _spread(random_permutations(len(stack[0]), settings["permutations"], seed=k),
+                 zip(pairs, _spread(random_permutations(rows, settings["permutations"], seed=k),
                                     len(pairs)))])
         out[task_label(task)] = {
             "layers": layers, "models": labels, "seeds": seeds, "probes": int(len(probes[task])),
-            "rows": int(len(next(iter(grams.values()))[layers[0]])),  # probes × positions per image
+            "rows": int(rows),
             "members": {g: [index[m] if m is not None else None for m in ms] for g, ms in members.items()},
             "matrices": matrices, "permutation_null": null}
     return out
