@@ -133,6 +133,77 @@ DAMAGE = {
 }
 
 
+def manifest_variants(text: bytes):
+    """(what, damaged copy) for every single-byte inversion and every single-bit flip of a manifest, plus
+    edits that keep it valid, well-formed JSON: another hex digit in a hash, another byte count, a renamed
+    file. Inverting two ASCII bytes can make one valid UTF-8 character (e.g. "4a" -> U+02DE), so a
+    manifest damaged in the middle may or may not still parse, depending on what the step's files are
+    called; this covers every position instead of one."""
+    for i in range(len(text)):
+        for mask in (0xFF, *(1 << bit for bit in range(8))):
+            damaged = bytearray(text)
+            damaged[i] ^= mask
+            yield f"byte {i} ^ {mask:#04x}", bytes(damaged)
+    manifest = json.loads(text)
+    name, entry = sorted(manifest["files"].items())[0]
+    digit = entry["sha256"][0]
+    for what, edit in (("hash digit", lambda e: e.update(sha256=("1" if digit == "0" else "0") + e["sha256"][1:])),
+                       ("byte count", lambda e: e.update(bytes=e["bytes"] + 1)),
+                       ("file name", None)):
+        copy = json.loads(text)
+        if edit is None:
+            copy["files"]["x" + name] = copy["files"].pop(name)
+        else:
+            edit(copy["files"][name])
+        yield what, json.dumps(copy, indent=2, sort_keys=True).encode()
+
+
+def test_every_damage_of_a_manifest_is_refused_naming_the_manifest(tmp_path):
+    """A damaged manifest is never accepted, and never blames an intact data file instead of itself."""
+    workdir = saved_run(str(tmp_path), ckpt_steps=(2,), snap_steps=(0,))
+    step_dir = os.path.join(workdir, "snapshots", "0")
+    path = os.path.join(step_dir, integrity.MANIFEST_FILE)
+    text = open(path, "rb").read()
+    assert json.loads(text)[integrity.SELF_CHECKSUM] == integrity.content_sha256(json.loads(text))
+    accepted = []
+    fd = os.open(path, os.O_WRONLY)  # rewritten in place: reopening with O_TRUNC flushes on ext4, 1 ms each
+    try:
+        for what, damaged in manifest_variants(text):
+            os.ftruncate(fd, len(damaged))
+            os.pwrite(fd, damaged, 0)
+            try:
+                integrity.verify(step_dir, "snapshot step 0")
+                accepted.append(what)
+            except integrity.DamagedStep as error:
+                if error.path != path or "checksum manifest" not in str(error) or "\n" in str(error):
+                    accepted.append(f"{what}: {error}")
+        os.ftruncate(fd, len(text))
+        os.pwrite(fd, text, 0)
+    finally:
+        os.close(fd)
+    assert not accepted, accepted[:5]
+    assert integrity.verify(step_dir, "snapshot step 0") is True
+
+
+def test_manifest_without_self_checksum_is_still_read(tmp_path):
+    """Format 1 (manifests written before the self-check) verifies its files; its form is still checked."""
+    workdir = saved_run(str(tmp_path), ckpt_steps=(2,), snap_steps=(0,))
+    step_dir = os.path.join(workdir, "snapshots", "0")
+    path = os.path.join(step_dir, integrity.MANIFEST_FILE)
+    manifest = json.load(open(path))
+    del manifest[integrity.SELF_CHECKSUM]
+    manifest["format"] = 1
+    json.dump(manifest, open(path, "w"), indent=2, sort_keys=True)
+    assert integrity.verify(step_dir, "snapshot step 0") is True
+    flip_middle_bits(largest_data_file(step_dir))
+    with pytest.raises(integrity.DamagedStep, match="does not match its SHA-256"):
+        integrity.verify(step_dir, "snapshot step 0")
+    manifest["files"][sorted(manifest["files"])[0]]["sha256"] = "not hex"
+    json.dump(manifest, open(path, "w"))
+    with pytest.raises(integrity.DamagedStep, match="checksum manifest .* cannot be trusted .*malformed"):
+        integrity.verify(step_dir, "snapshot step 0")
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_step_is_one_line_naming_step_and_file(tmp_path, damage):
     workdir = saved_run(str(tmp_path))

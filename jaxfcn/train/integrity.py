@@ -12,6 +12,11 @@ Policy:
 
 - A missing, truncated, unreadable or changed file raises :class:`DamagedStep`, a one-line
   :class:`~jaxfcn.errors.UserError` that names the step and the file.
+- The manifest checks itself. It carries :data:`SELF_CHECKSUM`, the SHA-256 of its own content in a
+  canonical form (:func:`content_sha256`), and every entry must be well formed (a relative path, a byte
+  count, 64 lowercase hex digits). Damage can leave a manifest valid JSON (two inverted ASCII bytes can
+  form one UTF-8 character inside a hash or a file name); without the self-check such a manifest would
+  pass, or blame a data file that is intact. A damaged manifest is refused as such, naming it.
 - Files not listed in the manifest are ignored, since orbax reads only the files it wrote.
 - A step without a manifest loads unverified, with one note per process on stderr. Such a step was
   written before jaxfcn wrote manifests, or by a process killed between orbax's commit and the manifest;
@@ -28,12 +33,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 
 from jaxfcn.errors import UserError
 
 MANIFEST_FILE = "jaxfcn_sha256.json"
-FORMAT = 1
+# 2: with SELF_CHECKSUM. 1 (written before the self-check, read only): checked for form, not for content.
+FORMAT = 2
+SELF_CHECKSUM = "manifest_sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _noted_unverified = False  # the stderr note about steps without a manifest is printed once per process
 
 
@@ -74,24 +83,59 @@ def write_manifest(directory: str) -> dict:
         path = os.path.join(directory, rel)
         files[rel] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
     manifest = {"format": FORMAT, "algorithm": "sha256", "files": files}
+    manifest[SELF_CHECKSUM] = content_sha256(manifest)
     write_json_atomic(os.path.join(directory, MANIFEST_FILE), manifest)
     return manifest
 
 
+def content_sha256(manifest: dict) -> str:
+    """SHA-256 of a manifest's content without :data:`SELF_CHECKSUM`: its keys sorted, no whitespace,
+    ASCII only (``json.dumps(..., sort_keys=True, separators=(",", ":"))``), so any JSON layout of the same
+    content has the same checksum."""
+    body = {key: value for key, value in manifest.items() if key != SELF_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_form(manifest) -> None:
+    """ValueError naming the first part of a parsed manifest that is not what :func:`write_manifest` writes."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"a {type(manifest).__name__}, not an object")
+    version = manifest.get("format")
+    if type(version) is not int or version not in (1, FORMAT):
+        raise ValueError(f"unknown format {version!r}")
+    if manifest.get("algorithm") != "sha256":
+        raise ValueError(f"unknown algorithm {manifest.get('algorithm')!r}")
+    if version >= 2 or SELF_CHECKSUM in manifest:
+        claimed = manifest.get(SELF_CHECKSUM)
+        if not isinstance(claimed, str) or claimed != content_sha256(manifest):
+            raise ValueError("its content does not match its own checksum")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ValueError("no files listed")
+    for rel, entry in files.items():
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"file name {rel!r} is not a path inside the step")
+        if (not isinstance(entry, dict) or type(entry.get("bytes")) is not int or entry["bytes"] < 0
+                or not isinstance(entry.get("sha256"), str) or not _HEX64.fullmatch(entry["sha256"])):
+            raise ValueError(f"entry of {rel!r} is malformed")
+
+
 def _read_manifest(directory: str, what: str) -> dict | None:
+    """The step's parsed manifest (None if it has none); DamagedStep naming the manifest if it is damaged."""
     path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.exists(path):
         return None
     try:
         with open(path, "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
-        files = manifest["files"]
-        if not isinstance(files, dict) or not files:
-            raise ValueError("no files listed")
+        _check_form(manifest)
         return manifest
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DamagedStep(f"{what} is damaged: its checksum manifest {path} is unreadable "
-                          f"({type(e).__name__}: {e})", path) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"
+        raise DamagedStep(f"{what} is damaged: its checksum manifest {path} cannot be trusted ({reason})",
+                          path) from None
 
 
 def verify(directory: str, what: str) -> bool:
