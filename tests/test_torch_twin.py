@@ -182,3 +182,44 @@ def test_mismatched_state_dict_is_refused_with_names():
         torch_to_flax(sd, config)
     wrapped = {"state_dict": {"module." + k: t for k, t in TorchUNet(config).state_dict().items()}}
     assert set(torch_to_flax(wrapped, config)) == {"encoder", "decoder", "head"}
+
+
+def test_frozen_batch_norm_part_runs_as_at_evaluation():
+    """freeze(): a frozen encoder's running statistics stay bitwise through a training step, it computes
+    in training the function it computes at evaluation (also after a later net.train()), the decoder's
+    statistics follow the data, and the twin still matches ``UNet(frozen_parts=("encoder",))``."""
+    from jaxfcn.interop.torch import freeze
+
+    config, shape = make_config(2, "batch", 2, 4, 2, 1, 3, "relu", 8, 1, 2, 8)
+    model = build_model(config.model)
+    v = random_variables(model, shape)
+    net = TorchUNet(config)
+    net.load_state_dict(flax_to_torch(v, config))
+    trainable = freeze(net.train(), ("encoder",))
+    net.train()  # e.g. at the start of an epoch: must not unfreeze the encoder's statistics
+    before = {k: b.clone() for k, b in net.named_buffers()}
+    x, x2 = random_input(shape, 1), random_input(shape, 2)
+
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    logits = net(to_torch(x))
+    logits.square().mean().backward()
+    optimizer.step()
+    after = dict(net.named_buffers())
+    for key in before:
+        if key.startswith("encoder."):
+            assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["decoder.block_0.norm_0.running_mean"], before["decoder.block_0.norm_0.running_mean"])
+    assert all(p.grad is None for p in net.encoder.parameters())
+
+    with torch.no_grad():
+        train_time = net.encoder(to_torch(x2))
+        eval_time = net.eval().encoder(to_torch(x2))
+    for a, b in zip(train_time, eval_time, strict=True):
+        assert torch.equal(a, b)
+
+    # the same training forward in JAX from the same variables (one jitted program: op by op compiles slowly)
+    y, new = jax.jit(lambda v, x: model.apply(v, x, train=True, frozen_parts=("encoder",),
+                                              mutable=["batch_stats"]))(v, x)
+    assert rel_err(to_jax_layout(logits.detach()), y) <= 1e-5
+    ours = torch_to_flax_variables(net.state_dict(), config)["batch_stats"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, new["batch_stats"])

@@ -210,7 +210,17 @@ class TorchUNet(nn.Module):
         self.decoder = Decoder(m, widths, act)
         conv = nn.Conv2d if m.spatial_dims == 2 else nn.Conv3d
         self.head = conv(widths[0], m.num_classes, 1, bias=True)
+        self.frozen_parts: tuple[str, ...] = ()  # set by freeze()
         init_like_flax(self, m.kernel_init)
+
+    def train(self, mode: bool = True) -> "TorchUNet":
+        """``nn.Module.train``, except that the parts named in ``frozen_parts`` (see :func:`freeze`) stay in
+        eval mode: a frozen batch norm normalises with its running statistics and keeps them, in training
+        too, as ``jaxfcn.models.UNet(frozen_parts=...)`` does."""
+        super().train(mode)
+        for part in self.frozen_parts:
+            getattr(self, part).eval()
+        return self
 
     def forward(self, x):
         return self.forward_features(x)[0]
@@ -507,8 +517,18 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def freeze(net: TorchUNet, parts) -> list[torch.nn.Parameter]:
-    """Stop gradients of the named top-level parts (no backward is built for them); returns the trainable
-    parameters, the twin of ``jaxfcn.partition.split_params``."""
+    """Freeze the named top-level parts as a jaxfcn run does; returns the trainable parameters, the twin of
+    ``jaxfcn.partition.split_params``.
+
+    A frozen part gets no gradient (no backward is built for it) and runs as at evaluation from now on,
+    whatever ``net.train()`` is later called with: its batch norms use and keep their running statistics
+    (bitwise), so it computes one fixed function, the twin of ``UNet(frozen_parts=...)``.
+    """
+    from jaxfcn.partition import check_parts
+
+    parts = check_parts(parts, "frozen part")
     for part in parts:
         getattr(net, part).requires_grad_(False)
+    net.frozen_parts = tuple(dict.fromkeys((*net.frozen_parts, *parts)))
+    net.train(net.training)
     return [p for p in net.parameters() if p.requires_grad]
