@@ -10,7 +10,6 @@ It is written in a temporary sibling directory and renamed into place only when 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 
 from jaxfcn.errors import UserError
@@ -61,14 +60,6 @@ def load_state_dict(path: str) -> dict:
     return obj
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None = None,
                  initial_state_dict_path: str | None = None, dataset=None, progress: bool = True) -> dict:
     """Create ``workdir`` from a TorchUNet state_dict; returns the import record.
@@ -84,6 +75,7 @@ def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None
     from jaxfcn.interop.torch import torch_to_flax_variables
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.checkpoint import save_snapshot, snapshot_manager
+    from jaxfcn.train.integrity import sha256_file
     from jaxfcn.train.loop import check_config, open_training_data, resolve_config
 
     check_config(config)
@@ -106,7 +98,7 @@ def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None
         except ValueError as e:
             raise UserError(f"{flag} {path}: {e}") from None
 
-    record = {"state_dict": os.path.abspath(state_dict_path), "sha256": _sha256(state_dict_path), "step": step,
+    record = {"state_dict": os.path.abspath(state_dict_path), "sha256": sha256_file(state_dict_path), "step": step,
               "initial_state_dict": initial_state_dict_path and os.path.abspath(initial_state_dict_path),
               "torch_version": torch.__version__}
     parent = os.path.dirname(os.path.abspath(workdir))
