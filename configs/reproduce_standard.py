@@ -55,5 +55,7 @@ def get_config():
     c.study.target_steps_by_task = "lobes=900,deep_nuclei=800"
     c.study.probe_images = 128
     c.study.cka_convention = "positions"
-    c.study.cka_positions_per_image = 16  # 2048 rows per layer
+    c.study.cka_positions_per_image = 16  # up to 2048 rows per layer
+    c.study.cka_positions_within = "nonzero"  # positions on the anatomy only (background is exactly 0)
+    c.study.cka_null_widths = (4, 8, 16, 32)  # the untrained baseline's dependence on width (8 = this model)
     return c

@@ -124,8 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     # image, columns = channels; "images" = one row per probe image, columns = its flattened activations.
     c.study.cka_convention = "positions"
     c.study.cka_positions_per_image = 16  # positions convention: rows = probe_images × this
+    c.study.cka_positions_within = "nonzero"  # positions where the probe image is nonzero, or "all"
     c.study.cka_max_features = 16384  # images convention: columns per layer (seeded positions × all channels)
     c.study.cka_permutations = 200  # permutation-null draws per layer
+    # Base widths at which the untrained-network CKA baseline is also measured (jaxfcn.analysis.width_null);
+    # () = not measured. Shows where the study's width sits: random features agree more as width grows.
+    c.study.cka_null_widths = ()
     return c
 
 

@@ -59,7 +59,8 @@ def test_positions_convention_rows_are_the_same_input_locations(tiny_model):
     model, variables, images = tiny_model
     feats = extract_features(model, variables, images, convention="positions", positions_per_image=5, batch_size=4)
     ref = direct(model, variables, images)
-    coords = sample_positions(7, (32, 32), 5)
+    coords, valid = sample_positions(7, (32, 32), 5)
+    assert valid.all()
     assert feats["enc_0"].shape == (35, 4) and feats["bottleneck"].shape == (35, 8)
     for i in range(7):
         for j in range(5):
@@ -68,6 +69,34 @@ def test_positions_convention_rows_are_the_same_input_locations(tiny_model):
             np.testing.assert_allclose(feats["bottleneck"][i * 5 + j], ref["bottleneck"][i, y // 2, x // 2],
                                        rtol=1e-5, atol=1e-6)
     assert len({tuple(c) for c in coords[0]}) == 5  # distinct within an image
+
+
+def test_nonzero_positions_fall_on_the_anatomy_only(tiny_model):
+    """positions_within="nonzero": every row is an input location whose image is nonzero; an image with
+    fewer such locations than asked gives all it has, an empty (all-background) image gives none."""
+    model, variables, images = tiny_model
+    images = images.copy()
+    images[:, :, :16] = 0.0  # left half is background
+    images[1] = 0.0  # no anatomy at all
+    images[2] = 0.0
+    images[2, 3, 20] = images[2, 9, 30] = 1.5  # two nonzero positions only
+    feats = extract_features(model, variables, images, ["enc_0"], convention="positions", positions_per_image=5,
+                             positions_within="nonzero", batch_size=4)["enc_0"]
+    ref = direct(model, variables, images)["enc_0"]
+    expected = []
+    for i in range(7):
+        allowed = np.flatnonzero(images[i, ..., 0].reshape(-1) != 0)  # the draw written out longhand
+        take = min(5, len(allowed))
+        flat = np.sort(np.random.default_rng([0, 8191, i]).choice(allowed, size=take, replace=False))
+        expected += [ref[i, f // 32, f % 32] for f in flat]
+        assert all(f % 32 >= 16 for f in flat)
+    assert feats.shape == (5 * 5 + 0 + 2, 4)
+    np.testing.assert_allclose(feats, np.stack(expected), rtol=1e-5, atol=1e-6)
+    everywhere = extract_features(model, variables, images, ["enc_0"], convention="positions",
+                                  positions_per_image=5, batch_size=4)["enc_0"]
+    assert everywhere.shape == (35, 4)
+    with pytest.raises(ValueError, match="positions_within"):
+        extract_features(model, variables, images, convention="positions", positions_within="brain")
 
 
 def test_3d_features_stay_bounded():

@@ -43,6 +43,7 @@ def get_config():
     c.study.source_steps, c.study.target_steps = 6, 4
     c.study.probe_images = 6
     c.study.cka_permutations = 30
+    c.study.cka_null_widths = (2, 4)
     return c
 '''
 TITLES = ("Critical Assessment of Transfer Learning for Medical Image Segmentation with Fully Convolutional "
@@ -123,10 +124,16 @@ def test_cka_is_debiased_with_both_null_baselines(study):
     results = json.loads((study["out"] / "results.json").read_text())
     settings = results["cka_settings"]
     assert settings["estimator"] == "debiased" and settings["convention"] == "positions"
+    assert settings["positions_within"] == "nonzero"
+    by_width = results["cka_untrained_by_width"]["Dataset002_Target"]
+    assert by_width["widths"] == [2, 4] and by_width["study_width"] == 4
+    assert all(len(v) == 2 and all(-1.0 <= x <= 1.0 for x in v) for v in by_width["mean"].values())
+    assert "The untrained baseline depends on width" in (study["out"] / "report.md").read_text()
+    assert (study["out"] / "figures" / "cka_untrained_by_width.png").read_bytes()[:4] == b"\x89PNG"
     report = (study["out"] / "report.md").read_text()
     assert "Feature convention: positions: rows = 16 seeded spatial positions of each probe image" in report
     (target, cka), = results["cka"].items()
-    assert cka["probes"] == 6 and cka["rows"] == 6 * 16 and set(cka["members"]) == {"random", "transfer", "frozen_random", "source", "untrained"}
+    assert cka["probes"] == 6 and 0 < cka["rows"] <= 6 * 16 and set(cka["members"]) == {"random", "transfer", "frozen_random", "source", "untrained"}
     models = cka["models"]
     assert [models[i] for i in cka["members"]["untrained"]] == ["untrained/0", "untrained/1", "untrained/2"]
     assert [models[i] for i in cka["members"]["source"]] == ["source/0", "source/1", "source/2"]  # by target seed
@@ -210,6 +217,7 @@ def test_quick_grid_report_says_smoke_test_in_its_first_line():
     ("study.cka_estimator=rbf", "study.cka_estimator='rbf': choose from"),
     ("study.probe_images=3", "debiased CKA needs at least 4"),
     ("study.cka_convention=pixels", "study.cka_convention='pixels': choose from positions, images"),
+    ("study.cka_positions_within=brain", "study.cka_positions_within='brain': choose from all, nonzero"),
     ("study.target_steps_by_task=structures=0", "'structures=0' is not task=steps with steps ≥ 1"),
     ("study.target_steps_by_task=lobes=9", "'lobes' is not a target of this study")])
 def test_bad_cka_settings_are_refused_before_anything_is_written(setting, message, tmp_path, capsys):

@@ -14,6 +14,9 @@ the head's input). A conv feature map (N, *S, C) becomes a matrix in one of two 
   positions are sampled per image (seeded by the image's index) on the *input* grid and mapped to each
   layer's grid (``coordinate · size_layer // size_input``), so row r is the same input location of the
   same image in every layer and every model; layers of different resolution stay comparable.
+  ``positions_within="nonzero"`` draws them only where the input is nonzero in some channel (the imaged
+  anatomy: preprocessing leaves background exactly 0), so the rows are tissue, not a block of identical
+  background rows that any two networks agree on; an image with fewer such positions gives all it has.
 
 Memory stays bounded in 3D: features are selected on the device batch by batch, so only
 ``n × P × C`` (images) or ``n·positions_per_image × C`` (positions) floats per layer reach the host.
@@ -34,6 +37,11 @@ from typing import Sequence
 import numpy as np
 
 CONVENTIONS = ("images", "positions")
+# Where the "positions" convention may sample: anywhere, or only where the input image is nonzero in some
+# channel. Preprocessing z-scores MRI over its nonzero voxels and leaves the rest exactly 0, so "nonzero"
+# is the imaged anatomy; background positions all carry the same input and would add a block of
+# identical rows that every network, trained or not, agrees on.
+POSITION_REGIONS = ("all", "nonzero")
 
 
 def probe_indices(available: int, count: int, seed: int = 0) -> np.ndarray:
@@ -50,15 +58,26 @@ def probe_images(dataset, count: int = 64, seed: int = 0, split: str = "val") ->
     return np.stack([np.asarray(source[int(i)]["image"], np.float32) for i in idx])
 
 
-def sample_positions(num_images: int, spatial_shape: Sequence[int], per_image: int, seed: int = 0) -> np.ndarray:
-    """(num_images, per_image, ndim) integer coordinates, distinct within an image, seeded per image index."""
+def sample_positions(num_images: int, spatial_shape: Sequence[int], per_image: int, seed: int = 0,
+                     within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded positions per image: ``(coords (num_images, per_image, ndim) int32, valid (num_images, per_image))``.
+
+    Positions are distinct within an image and drawn with ``np.random.default_rng([seed, 8191, i])`` for
+    image i, so they depend on the image's index and never on a model. ``within`` (num_images, *spatial)
+    bool restricts image i's draw to its True positions; an image with fewer than ``per_image`` of them
+    contributes all it has and its remaining slots are marked invalid (``valid`` False, coordinates 0).
+    """
     size = int(np.prod(spatial_shape))
     per_image = min(per_image, size)
-    out = np.empty((num_images, per_image, len(spatial_shape)), np.int32)
+    coords = np.zeros((num_images, per_image, len(spatial_shape)), np.int32)
+    valid = np.zeros((num_images, per_image), bool)
     for i in range(num_images):
-        flat = np.random.default_rng([seed, 8191, i]).choice(size, size=per_image, replace=False)
-        out[i] = np.stack(np.unravel_index(np.sort(flat), tuple(spatial_shape)), axis=-1)
-    return out
+        allowed = np.arange(size) if within is None else np.flatnonzero(np.asarray(within[i]).reshape(-1))
+        take = min(per_image, len(allowed))
+        flat = np.sort(np.random.default_rng([seed, 8191, i]).choice(allowed, size=take, replace=False))
+        coords[i, :take] = np.stack(np.unravel_index(flat, tuple(spatial_shape)), axis=-1)
+        valid[i, :take] = True
+    return coords, valid
 
 
 def column_positions(layer: str, spatial_shape: Sequence[int], channels: int, max_features: int | None,
@@ -87,7 +106,7 @@ def _check_layers(model, layers) -> list[str]:
 
 def extract_features(model, variables, images, layers: Sequence[str] | None = None, *,
                      convention: str = "images", max_features: int | None = None, positions_per_image: int = 64,
-                     batch_size: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+                     positions_within: str = "all", batch_size: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     """``{layer: (rows, cols) float32}`` for ``images`` (N, *S, C_in), see the module docstring.
 
     ``variables``: ``{"params", …}`` of ``model`` (e.g. from :func:`jaxfcn.train.checkpoint.load_variables`);
@@ -101,6 +120,8 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
 
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention '{convention}' (choose from {', '.join(CONVENTIONS)})")
+    if positions_within not in POSITION_REGIONS:
+        raise ValueError(f"unknown positions_within '{positions_within}' (choose from {', '.join(POSITION_REGIONS)})")
     layers = _check_layers(model, layers)
     images = np.asarray(images, np.float32)
     n = len(images)
@@ -136,8 +157,11 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
         return out
 
     select = jax.jit(select, compiler_options=compiler_options())
-    coords_all = (sample_positions(n, spatial_in, positions_per_image, seed) if convention == "positions"
-                  else np.zeros((n, 1, len(spatial_in)), np.int32))
+    if convention == "positions":
+        within = np.any(images != 0, axis=-1) if positions_within == "nonzero" else None
+        coords_all, valid = sample_positions(n, spatial_in, positions_per_image, seed, within=within)
+    else:
+        coords_all, valid = np.zeros((n, 1, len(spatial_in)), np.int32), np.ones((n, 1), bool)
     pieces: dict[str, list] = {name: [] for name in layers}
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -153,5 +177,5 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
     result = {}
     for name in layers:
         feats = np.concatenate(pieces[name])
-        result[name] = feats.reshape(-1, feats.shape[-1]) if convention == "positions" else feats
+        result[name] = feats[valid] if convention == "positions" else feats  # (rows, C): valid positions only
     return result

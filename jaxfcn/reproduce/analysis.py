@@ -10,7 +10,10 @@ CKA (claims 5a–5c), per target at its largest training size:
   - ``"positions"`` (default): rows = ``study.cka_positions_per_image`` seeded spatial positions of every
     probe image (the same input-grid positions for every model and layer, mapped onto each layer's grid),
     columns = the layer's channels. Two untrained networks are far apart under it, so training has room to
-    show (the reason it is the default: see the Deviations of ``jaxfcn.reproduce.claims``).
+    show (the reason it is the default: see the Deviations of ``jaxfcn.reproduce.claims``). With
+    ``study.cka_positions_within = "nonzero"`` (default) the positions are drawn only where the probe image
+    is nonzero (the imaged anatomy; about two thirds of a built-in probe slice is background, exactly 0,
+    and identical background rows are a block of agreement that every network shares).
   - ``"images"``: rows = the probe images, columns = one layer's flattened H·W·C activations, at most
     ``study.cka_max_features`` columns per layer (seeded spatial positions with all channels). Random
     convolutional features preserve the input's image-to-image similarity, so two untrained networks
@@ -39,6 +42,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from jaxfcn.analysis.features import POSITION_REGIONS
 from jaxfcn.reproduce import figures as figs
 from jaxfcn.reproduce.grid import Run, task_label
 
@@ -47,10 +51,12 @@ EVOLUTION_REGIMES = ("random", "transfer", "frozen_random")
 CKA_ESTIMATORS = ("debiased", "biased")
 # Defaults of the study's CKA settings when a config does not set them (see the module docstring).
 CKA_DEFAULTS = {"cka_estimator": "debiased", "cka_convention": "positions", "cka_positions_per_image": 16,
-                "cka_max_features": 16384, "cka_permutations": 200}
+                "cka_positions_within": "nonzero", "cka_max_features": 16384, "cka_permutations": 200,
+                "cka_null_widths": ()}
 FEATURE_CONVENTIONS = {
     "positions": ("positions: rows = {positions_per_image} seeded spatial positions of each probe image (the "
-                  "same input-grid positions for every model and layer), columns = the layer's channels"),
+                  "same input-grid positions for every model and layer; drawn from {positions_within} "
+                  "positions), columns = the layer's channels"),
     "images": ("images: rows = probe images, columns = one layer's flattened H·W·C activations (at most "
                "{max_features} columns: seeded spatial positions, all channels, the same for every model)")}
 
@@ -73,11 +79,17 @@ def check_settings(config) -> None:
     convention = study_setting(config, "cka_convention")
     if convention not in FEATURE_CONVENTIONS:
         raise UserError(f"study.cka_convention={convention!r}: choose from {', '.join(FEATURE_CONVENTIONS)}")
+    within = study_setting(config, "cka_positions_within")
+    if within not in POSITION_REGIONS:
+        raise UserError(f"study.cka_positions_within={within!r}: choose from {', '.join(POSITION_REGIONS)}")
     if int(study_setting(config, "cka_positions_per_image")) < 1:
         raise UserError(f"study.cka_positions_per_image={study_setting(config, 'cka_positions_per_image')}: "
                         "must be ≥ 1")
     if int(study_setting(config, "cka_max_features")) < 1:
         raise UserError(f"study.cka_max_features={study_setting(config, 'cka_max_features')}: must be ≥ 1")
+    widths = study_setting(config, "cka_null_widths")
+    if any(int(w) < 1 for w in widths):
+        raise UserError(f"study.cka_null_widths={tuple(widths)}: widths must be ≥ 1")
     if int(study_setting(config, "cka_permutations")) < 0:
         raise UserError(f"study.cka_permutations={study_setting(config, 'cka_permutations')}: must be ≥ 0")
 
@@ -88,11 +100,15 @@ def cka_settings(config, probes: dict[str, int]) -> dict:
     convention = study_setting(config, "cka_convention")
     max_features = int(study_setting(config, "cka_max_features"))
     per_image = int(study_setting(config, "cka_positions_per_image"))
+    within = study_setting(config, "cka_positions_within")
     return {"estimator": estimator, "kernel": "linear", "probes": probes, "probe_split": "val",
             "convention": convention, "max_features": max_features, "positions_per_image": per_image,
-            "feature_convention": FEATURE_CONVENTIONS[convention].format(max_features=max_features,
-                                                                         positions_per_image=per_image),
+            "positions_within": within,
+            "feature_convention": FEATURE_CONVENTIONS[convention].format(
+                max_features=max_features, positions_per_image=per_image,
+                positions_within="all" if within == "all" else "the probe image's nonzero (anatomy)"),
             "permutations": int(study_setting(config, "cka_permutations")),
+            "null_widths": [int(w) for w in study_setting(config, "cka_null_widths")],
             "untrained_baseline": "independently initialised, untrained networks: the step-0 parameters of "
                                   "the random-init seeds, on the same probe images",
             "permutation_baseline": "CKA(model a, model b with its probe rows shuffled), over pairs of "
@@ -102,7 +118,8 @@ def cka_settings(config, probes: dict[str, int]) -> dict:
 def feature_options(settings: dict) -> dict:
     """Keyword arguments of :func:`jaxfcn.analysis.features.extract_features` for the study's convention."""
     if settings.get("convention", "images") == "positions":
-        return {"convention": "positions", "positions_per_image": settings["positions_per_image"]}
+        return {"convention": "positions", "positions_per_image": settings["positions_per_image"],
+                "positions_within": settings.get("positions_within", "all")}
     return {"convention": "images", "max_features": settings["max_features"]}
 
 
@@ -271,7 +288,28 @@ def analyse(config, sources: list[Run], targets: list[Run], status: dict, progre
     return {"layers": layers, "encoder_layers": encoder_layers, "cka_settings": settings,
             "filters": filter_rows(sources, targets, status),
             "cka": cka_results(config, sources, targets, probes, status, settings, progress),
+            "cka_untrained_by_width": width_null_results(config, probes, settings),
             "evolution": evolution_results(config, targets, probes, status, settings)}
+
+
+def width_null_results(config, probes: dict[str, np.ndarray], settings: dict) -> dict:
+    """Per target: the untrained-network CKA baseline at each of ``study.cka_null_widths`` (empty: none),
+    on the target's probe images with the study's estimator and convention
+    (:func:`jaxfcn.analysis.width_null.untrained_cka_by_width`; the study's own width is marked)."""
+    from jaxfcn.analysis.width_null import untrained_cka_by_width
+
+    if not settings["null_widths"]:
+        return {}
+    model_config = config.model.copy_and_resolve_references()
+    # The head is not a compared layer, and flax draws each module's parameters from its own path, so the
+    # class count changes no compared feature; any resolved value builds the model.
+    model_config.num_classes = max(1, int(model_config.num_classes))
+    out = {}
+    for task, images in probes.items():
+        out[task_label(task)] = dict(untrained_cka_by_width(
+            model_config, images, settings["null_widths"], debiased=settings["estimator"] == "debiased",
+            feature_options=feature_options(settings)), study_width=int(config.model.base_width))
+    return out
 
 
 def prediction_examples(results, config, is_real) -> list:
@@ -316,6 +354,9 @@ def figures(results, out_dir: str, config=None, is_real=None) -> dict[str, str]:
     if results.get("cka_summary"):
         out["CKA per layer with the untrained-network and permutation nulls"] = figs.cka_per_layer(
             results, os.path.join(d, "cka_per_layer.png"))
+    if results.get("cka_untrained_by_width"):
+        out["The untrained-network CKA baseline against base width (the study's width marked)"] = \
+            figs.untrained_by_width(results, os.path.join(d, "cka_untrained_by_width.png"))
     for task, c in results.get("cka", {}).items():
         out[f"CKA between models per layer ({task}; untrained networks included)"] = figs.model_heatmaps(
             c, os.path.join(d, f"cka_models_{task}.png"), title=task)

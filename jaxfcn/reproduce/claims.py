@@ -135,6 +135,19 @@ DEVIATIONS = [
      "reason": "In the first standard study random-init test Dice at 30 subjects was 0.267 (lobes) and 0.166 "
                "(subcortical), below the 0.5 the design requires; their validation curves were still rising "
                "at 500 steps. Budgets were set from random-init pilots only (configs/reproduce_standard.py)."},
+    {"date": "2026-12-02", "rules": "5a, 5b, 5c (their inputs; the rules' text is unchanged)",
+     "change": "CKA positions are drawn only where the probe image is nonzero (study.cka_positions_within = "
+               "'nonzero'; was anywhere in the slice). The report adds, as description only, the untrained "
+               "baseline measured at base widths 4, 8, 16 and 32. Decided before the standard grid's third run.",
+     "reason": "68 % of the probe slices' positions are background, exactly 0 after preprocessing: about two "
+               "thirds of the rows were copies of one input, and their share depends on the field of view, not on "
+               "the anatomy. Measured before deciding (lobes, 128 probes): the untrained null moved both ways "
+               "(3 step-0 networks, all → nonzero: enc_0 0.53 → 0.58, enc_1 0.39 → 0.46, bottleneck 0.64 → 0.56, "
+               "dec_1 0.26 → 0.29, head_input 0.16 → 0.29), and so did 3 random-init seeds trained 900 steps "
+               "(0.61 → 0.71, 0.35 → 0.34, 0.32 → 0.28, 0.27 → 0.42, 0.31 → 0.39); the change rests on the "
+               "rows' meaning, not on those numbers. Untrained CKA rose with width in the same pilot (enc_0 0.21 "
+               "/ 0.30 / 0.59 / 0.79 at widths 4 / 8 / 16 / 32): the null is a property of random features, "
+               "not of the estimator."},
 ]
 
 CLAIM_TEXT = {

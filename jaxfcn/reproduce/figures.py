@@ -168,6 +168,28 @@ def cka_per_layer(results, path):
     return _save(fig, path)
 
 
+def untrained_by_width(results, path):
+    """Untrained-network CKA per layer against base width, one panel per target; the study's width marked."""
+    by_width = results["cka_untrained_by_width"]
+    targets = sorted(by_width)
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        c = by_width[target]
+        for layer in c["layers"]:
+            ax.plot(c["widths"], c["mean"][layer], marker="o", label=layer)
+        if c.get("study_width"):
+            ax.axvline(c["study_width"], color="0.5", linestyle=":", label="the study's width")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(c["widths"], [str(w) for w in c["widths"]])
+        ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
+        ax.set_xlabel("base width (channels of the first level)")
+        ax.set_ylabel("CKA between untrained networks")
+        ax.set_title(target)
+        _legend(ax, fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def model_heatmaps(target_cka: dict, path, title: str = ""):
     """Model × model CKA, one panel per layer; the untrained networks are among the models, and each
     panel's title gives the permutation null's 95th percentile."""

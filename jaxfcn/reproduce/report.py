@@ -156,7 +156,24 @@ def cka_section(results) -> str:
         parts += [f"**{target}**", "", _table(["layer", "within random-init", "within transfer",
                                                "transfer vs random-init", "reuse (transfer vs own source)",
                                                "untrained (null)", "permutation null mean (95th pct)"], rows), ""]
-    return "\n".join(parts)
+    return "\n".join(parts + width_null_section(results))
+
+
+def width_null_section(results) -> list[str]:
+    """The untrained baseline against network width (``results["cka_untrained_by_width"]``), as lines."""
+    by_width = results.get("cka_untrained_by_width") or {}
+    if not by_width:
+        return []
+    parts = ["**The untrained baseline depends on width.** CKA between independently initialised, untrained "
+             "networks of this architecture at other base widths (same probes, estimator and convention; mean "
+             "over pairs of networks; * = the study's width). Random features of the same input agree more as "
+             "width grows, so this null is a property of the architecture, not of the estimator.", ""]
+    for target, c in by_width.items():
+        rows = [[f"{w}{' *' if w == c.get('study_width') else ''}"] + [f"{c['mean'][l][i]:.3f}" for l in c["layers"]]
+                for i, w in enumerate(c["widths"])]
+        parts += [f"*{target}* ({c['seeds']} networks, {c['pairs']} pairs per width)", "",
+                  _table(["base width"] + c["layers"], rows), ""]
+    return parts
 
 
 def evolution_table(results) -> str:
