@@ -4,10 +4,10 @@ Measures the full train step (``jaxfcn.train.step.make_train_step``: forward, ba
 128², depth 4, base 16, fp32, no augmentation) for several *variants* in the same process, interleaved
 (A B C A B C …) after compilation, and reports medians of wall time and of process CPU time, and the
 median over rounds of each variant's time relative to the first variant in the same round, and XLA's
-estimate of the bytes each step accesses. A variant is a model strategy (``model.conv_impl``,
-``model.compute_dtype``), earlier formulations of some layers (:func:`formulation`) and the XLA compiler
-options of the step (``default``: none; ``eigen_ynn_reduce``: the kept step, i.e. the options of
-``jaxfcn.models.layers.compiler_options`` and today's layers).
+estimate of the bytes each step accesses. A variant is the layers' formulation (``model.conv_impl``:
+``plain`` flax layers, ``fast``, ``per_seed``, ``im2col``; :mod:`jaxfcn.models.fast_ops`), the compute
+dtype and the XLA compiler options of the step (``default``: none; ``eigen_ynn_reduce``: the kept step,
+i.e. the options of ``jaxfcn.models.layers.compiler_options`` and the ``fast`` layers).
 
     python benchmarks/conv_strategies.py                       # all variants, full size
     python benchmarks/conv_strategies.py --quick               # before / kept / XLA defaults (~2 min)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import json
 import os
@@ -48,37 +47,32 @@ YNN_DOTS_REDUCE = {"xla_cpu_experimental_ynn_fusion_type":
 YNN_DOTS_REDUCE_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type":
                            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE"}
 
-# name: (model overrides, compiler options, earlier layer formulation for `formulation()`, or None)
 SCHED_OFF = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
 SCHED_ON = {"xla_cpu_enable_concurrency_optimized_scheduler": True}
+# name: (model overrides, compiler options)
 VARIANTS = {
-    "flax_groupnorm": ({}, {}, "flax_groupnorm"),  # the step before any of this work, XLA defaults
-    "default": ({}, {}, None),
-    "eigen_conv": ({}, YNN_DOTS_ONLY, None),
-    "eigen_reduce_window_pool": ({}, YNN_DOTS_ONLY, "reduce_window_pool"),
-    # the step before the memory-traffic changes: no YNNPACK reductions, autodiff group norm and ReLU,
-    # tie-splitting pool, gather cross-entropy
-    "before_ynn_reduce_pool_ce": ({}, YNN_DOTS_ONLY, "autodiff_pool+gather_ce+autodiff_groupnorm"),
-    "eigen_ynn_reduce": ({}, YNN_DOTS_REDUCE, None),
-    "eigen_ynn_reduce_autodiff_pool": ({}, YNN_DOTS_REDUCE, "autodiff_pool"),
-    "eigen_ynn_reduce_autodiff_groupnorm": ({}, YNN_DOTS_REDUCE, "autodiff_groupnorm"),
-    "eigen_ynn_reduce_eltwise": ({}, YNN_DOTS_REDUCE_ELTWISE, None),
-    "eigen_ynn_reduce_sched_off": ({}, {**YNN_DOTS_REDUCE, **SCHED_OFF}, None),
-    "eigen_ynn_reduce_sched_on": ({}, {**YNN_DOTS_REDUCE, **SCHED_ON}, None),
-    "eigen_ynn_reduce_single_thread_eigen": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_multi_thread_eigen": False}, None),
-    "ynn_off": ({}, YNN_OFF, None),
-    "per_seed": ({"conv_impl": "per_seed"}, {}, None),
-    "per_seed_eigen": ({"conv_impl": "per_seed"}, YNN_DOTS_ONLY, None),
-    "im2col": ({"conv_impl": "im2col"}, {}, None),
-    "bf16": ({"compute_dtype": "bfloat16"}, {}, None),
-    "bf16_eigen": ({"compute_dtype": "bfloat16"}, YNN_DOTS_REDUCE, None),
+    "plain": ({"conv_impl": "plain"}, {}),  # the flax layers, XLA defaults
+    "default": ({}, {}),
+    "eigen_conv": ({}, YNN_DOTS_ONLY),
+    "eigen_ynn_reduce": ({}, YNN_DOTS_REDUCE),
+    "plain_eigen_ynn_reduce": ({"conv_impl": "plain"}, YNN_DOTS_REDUCE),
+    "eigen_ynn_reduce_eltwise": ({}, YNN_DOTS_REDUCE_ELTWISE),
+    "eigen_ynn_reduce_sched_off": ({}, {**YNN_DOTS_REDUCE, **SCHED_OFF}),
+    "eigen_ynn_reduce_sched_on": ({}, {**YNN_DOTS_REDUCE, **SCHED_ON}),
+    "eigen_ynn_reduce_single_thread_eigen": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_multi_thread_eigen": False}),
+    "ynn_off": ({}, YNN_OFF),
+    "per_seed": ({"conv_impl": "per_seed"}, {}),
+    "per_seed_eigen": ({"conv_impl": "per_seed"}, YNN_DOTS_ONLY),
+    "im2col": ({"conv_impl": "im2col"}, {}),
+    "bf16": ({"compute_dtype": "bfloat16"}, {}),
+    "bf16_eigen": ({"compute_dtype": "bfloat16"}, YNN_DOTS_REDUCE),
     # XLA:CPU flags on top of the kept options (Eigen convolutions, YNNPACK dots and reductions)
-    "onednn": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_use_onednn": True}, None),
-    "fast_math": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_enable_fast_math": True}, None),
+    "onednn": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_use_onednn": True}),
+    "fast_math": ({}, {**YNN_DOTS_REDUCE, "xla_cpu_enable_fast_math": True}),
     "xnn_graph": ({}, {**YNN_DOTS_REDUCE,
-                       "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"}, None),
+                       "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"}),
 }
-QUICK_VARIANTS = ("before_ynn_reduce_pool_ce", "eigen_ynn_reduce", "default")
+QUICK_VARIANTS = ("plain_eigen_ynn_reduce", "eigen_ynn_reduce", "default")
 
 
 def bench_config(size: int = 128, batch: int = 8, depth: int = 4, base: int = 16, classes: int = 4):
@@ -103,72 +97,14 @@ def synthetic_batch(config, seed: int = 0) -> dict:
             "label": jax.random.randint(k2, shape, 0, config.model.num_classes)}
 
 
-@contextlib.contextmanager
-def swapped(module, name: str, replacement):
-    """Temporarily replace ``module.name`` (a formulation the model looks up at trace time)."""
-    saved = getattr(module, name)
-    setattr(module, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
-
-
-def formulation(names: str | None):
-    """Context in which the model traces with earlier formulations of some layers (same params and function).
-
-    ``names`` joins any of these with ``+``: ``flax_groupnorm`` (flax.linen.GroupNorm), ``autodiff_groupnorm``
-    (jaxfcn's group norm differentiated by JAX, then a separate ReLU), ``reduce_window_pool``
-    (flax's max-pool), ``autodiff_pool`` (jaxfcn's reshape max-pool differentiated by JAX: tied maxima share
-    the gradient, in three passes), ``gather_ce`` (cross-entropy picking log p[label] with take_along_axis,
-    whose gradient is a scatter-add).
-    """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from jaxfcn.models import layers
-    from jaxfcn.train import losses
-
-    def with_relu(norm):  # the signature of layers.group_norm, with the ReLU applied separately
-        return lambda x, scale, bias, groups, epsilon=1e-6, relu=False: (
-            (jax.nn.relu if relu else lambda y: y)(norm(x, scale, bias, groups, epsilon)))
-
-    def flax_norm(x, scale, bias, groups, epsilon):
-        return nn.GroupNorm(num_groups=groups, epsilon=epsilon).apply({"params": {"scale": scale, "bias": bias}}, x)
-
-    def autodiff_norm(x, scale, bias, groups, epsilon):
-        return layers._group_norm_fwd(x, scale, bias, groups, epsilon, False)[0]
-
-    def gather_ce(logits, labels, weight=None):
-        log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)
-        return losses.weighted_voxel_mean(nll, labels, weight)
-
-    swaps = {
-        "flax_groupnorm": (layers, "group_norm", with_relu(flax_norm)),
-        "autodiff_groupnorm": (layers, "group_norm", with_relu(autodiff_norm)),
-        "reduce_window_pool": (layers, "max_pool", lambda x, window: nn.max_pool(
-            x, (window,) * (x.ndim - 2), strides=(window,) * (x.ndim - 2))),
-        "autodiff_pool": (layers, "max_pool", lambda x, window: layers._max_pool_fwd(x, window)[0]),
-        "gather_ce": (losses, "cross_entropy", gather_ce),
-    }
-    stack = contextlib.ExitStack()
-    for name in (names or "").split("+"):
-        if name:
-            stack.enter_context(swapped(*swaps[name]))
-    return stack
-
-
 def build_variant(config, name: str, frozen_parts=()):
     """(compiled step, initial state, batch) for ``VARIANTS[name]``; the state is donated at each call."""
     import jax
 
     from jaxfcn.models import build_model
-    from jaxfcn.train.step import clear_programs, init_train_state, train_step_function
+    from jaxfcn.train.step import init_train_state, train_step_function
 
-    overrides, options, earlier = VARIANTS[name]
-    clear_programs()  # variants share a config: without this the second would reuse the first's trace
+    overrides, options = VARIANTS[name]
     c = config.copy_and_resolve_references()
     for key, value in overrides.items():
         c.model[key] = value
@@ -178,8 +114,7 @@ def build_variant(config, name: str, frozen_parts=()):
     step = jax.jit(train_step_function(model, c, frozen_parts), donate_argnums=0)
     state = init_train_state(model, c, frozen_parts)
     batch = synthetic_batch(c)
-    with formulation(earlier):
-        compiled = step.lower(state, batch).compile(compiler_options=options)
+    compiled = step.lower(state, batch).compile(compiler_options=options)
     return compiled, state, batch
 
 
@@ -405,7 +340,7 @@ def layer_shapes(config) -> list[tuple[int, int, int]]:
 def per_layer(config, rounds: int) -> list[dict]:
     import jax
 
-    from jaxfcn.models.layers import xla_conv
+    from jaxfcn.models.layers import conv as xla_conv
 
     def forward(x, w, dy):
         return xla_conv(x, w)

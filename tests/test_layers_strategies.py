@@ -1,14 +1,14 @@
-"""Every convolution strategy computes the XLA convolution (values and gradients, vmapped or not), the
-fast group norm computes flax's GroupNorm (with its hand-written gradient equal to autodiff of flax's), and
-the max-pool computes flax's max_pool with its gradient."""
+"""Every formulation of jaxfcn.models.fast_ops computes the plain layers' function: convolutions (values and
+gradients, vmapped or not), group norm (the plain one is flax's GroupNorm; the fast one has a hand-written
+gradient), max-pool (the plain one is flax's; the fast one has a one-pass gradient), and the whole U-Net."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfcn.models import UNet
-from jaxfcn.models.layers import CONV_FUNCTIONS, CONV_IMPLS, Norm, group_norm, max_pool, xla_conv
+from jaxfcn.models import UNet, fast_ops, layers
+from jaxfcn.models.layers import Norm
 
 
 def close(a, b, rel=1e-5):
@@ -35,32 +35,38 @@ def jitted_value_and_grads(conv):
     return jax.jit(lambda x, w, dy: value_and_grads(conv, x, w, dy))
 
 
-def test_conv_impls_registered():
-    assert set(CONV_FUNCTIONS) == set(CONV_IMPLS)
+FAST_IMPLS = [name for name in fast_ops.CONV_IMPLS if name != "plain"]
 
 
-@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
-@pytest.mark.parametrize("spatial,kernel", [(2, 3), (2, 2), (3, 3), (2, 1)])
-def test_conv_strategy_equals_xla(impl, spatial, kernel):
-    """Even kernels too: 'SAME' pads (k-1)//2 low and k//2 high in every strategy."""
+def test_kernels_switch():
+    assert fast_ops.kernels("plain") is layers.PLAIN
+    assert set(fast_ops.CONV_IMPLS) == {"plain", "fast", "per_seed", "im2col"}
+    with pytest.raises(ValueError, match="unknown conv_impl 'xl'"):
+        fast_ops.kernels("xl")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("spatial,kernel", [(2, 3), (2, 2), (3, 3), (3, 2), (2, 1), (3, 1)])
+def test_conv_formulation_equals_plain(impl, spatial, kernel):
+    """Even kernels too: 'SAME' pads (k-1)//2 low and k//2 high in every formulation."""
     x, w, dy = conv_inputs(spatial, kernel)
-    ours = jitted_value_and_grads(CONV_FUNCTIONS[impl])(x, w, dy)
-    for a, b in zip(ours, jitted_value_and_grads(xla_conv)(x, w, dy)):
+    ours = jitted_value_and_grads(fast_ops.kernels(impl).conv)(x, w, dy)
+    for a, b in zip(ours, jitted_value_and_grads(layers.conv)(x, w, dy)):
         close(a, b)
 
 
 # which arguments carry the seed axis: both (inside the network), the kernel only (first layer, shared
 # batch), the input only (shared kernel, e.g. a frozen part vmapped over data)
 @pytest.mark.parametrize("x_axis,w_axis", [(0, 0), (None, 0), (0, None)])
-@pytest.mark.parametrize("impl", CONV_IMPLS)
-def test_vmapped_conv_strategy_equals_per_seed_loop(impl, x_axis, w_axis):
+@pytest.mark.parametrize("impl", fast_ops.CONV_IMPLS)
+def test_vmapped_conv_formulation_equals_per_seed_loop(impl, x_axis, w_axis):
     seeds = 3
     x, w, dy = conv_inputs(2, 3, seeds=seeds)
     x = x if x_axis == 0 else x[0]
     w = w if w_axis == 0 else w[0]
-    conv = CONV_FUNCTIONS[impl]
+    conv = fast_ops.kernels(impl).conv
     batched = jax.jit(jax.vmap(lambda x, w, dy: value_and_grads(conv, x, w, dy), (x_axis, w_axis, 0)))(x, w, dy)
-    reference = jitted_value_and_grads(xla_conv)
+    reference = jitted_value_and_grads(layers.conv)
     for i in range(seeds):
         xi = x[i] if x_axis == 0 else x
         wi = w[i] if w_axis == 0 else w
@@ -70,20 +76,24 @@ def test_vmapped_conv_strategy_equals_per_seed_loop(impl, x_axis, w_axis):
 
 def test_per_seed_conv_nested_vmap_and_jit():
     x, w, dy = conv_inputs(2, 3, seeds=3)
-    conv = CONV_FUNCTIONS["per_seed"]
+    conv = fast_ops.per_seed_conv
     twice = jax.jit(jax.vmap(jax.vmap(lambda x, w, dy: value_and_grads(conv, x, w, dy))))
     stacked = lambda a: jnp.stack([a, 2 * a])  # noqa: E731
     outs = twice(stacked(x), stacked(w), stacked(dy))
-    reference = jax.jit(jax.vmap(lambda x, w, dy: value_and_grads(xla_conv, x, w, dy)))
+    reference = jax.jit(jax.vmap(lambda x, w, dy: value_and_grads(layers.conv, x, w, dy)))
     for ours, ref in zip(outs, reference(2 * x, 2 * w, 2 * dy)):
         close(ours[1], ref)
 
 
-def test_unet_per_seed_conv_impl_same_function():
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
-    ref = UNet(num_classes=3, depth=2, base_width=4, norm_groups=2)
+@pytest.mark.parametrize("impl,spatial_dims,norm", [("fast", 2, "group"), ("fast", 3, "group"), ("fast", 2, "batch"),
+                                                    ("per_seed", 2, "instance"), ("per_seed", 3, "group"),
+                                                    ("im2col", 2, "group")])
+def test_unet_formulation_same_function(impl, spatial_dims, norm):
+    x = jax.random.normal(jax.random.key(1), (2,) + (8,) * spatial_dims + (1,))
+    ref = UNet(num_classes=3, spatial_dims=spatial_dims, depth=2, base_width=4, norm=norm, norm_groups=2,
+               conv_impl="plain")
     v = ref.init(jax.random.key(0), x)
-    alt = ref.clone(conv_impl="per_seed")
+    alt = ref.clone(conv_impl=impl)
 
     def value_and_grad(model):
         return jax.jit(jax.value_and_grad(lambda v: jnp.sum(model.apply(v, x) ** 2)))(v)
@@ -97,10 +107,11 @@ def test_unet_per_seed_conv_impl_same_function():
 @pytest.mark.parametrize("kind,shape,groups", [("group", (2, 8, 8, 8), 4), ("group", (3, 6, 6, 16), 8),
                                                ("group", (2, 4, 4, 4, 6), 3), ("instance", (2, 6, 6, 5), 8)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_group_norm_equals_flax(kind, shape, groups, dtype):
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+def test_group_norm_equals_flax(impl, kind, shape, groups, dtype):
     # mean 2, std 3: a non-trivial mean exercises the E[x²] - E[x]² variance as flax computes it
     x = (jax.random.normal(jax.random.key(0), shape) * 3 + 2).astype(dtype)
-    ours = Norm(kind, groups, dtype=dtype)
+    ours = Norm(kind, groups, dtype=dtype, kernels=fast_ops.kernels(impl))
     v = ours.init(jax.random.key(1), x, False)
     v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), v)
     assert set(v["params"]["GroupNorm_0"]) == {"scale", "bias"}
@@ -124,17 +135,16 @@ def test_group_norm_equals_flax(kind, shape, groups, dtype):
 
 @pytest.mark.parametrize("shape", [(2, 8, 12, 3), (2, 4, 6, 8, 2)])
 @pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_equals_reduce_window_values_and_gradient(shape, ties):
-    """Forward and gradient bitwise equal to flax's reduce_window max-pool, whose select-and-scatter sends
-    each block's gradient to its first maximum; ``ties`` makes blocks with repeated maxima (rounded,
-    ReLU-clipped values, as in the U-Net), where an even split would differ."""
+def test_fast_max_pool_equals_plain_values_and_gradient(shape, ties):
+    """Forward and gradient bitwise equal to the plain (flax, reduce_window) max-pool, whose
+    select-and-scatter sends each block's gradient to its first maximum; ``ties`` makes blocks with repeated
+    maxima (rounded, ReLU-clipped values, as in the U-Net), where an even split would differ."""
     x = jax.random.normal(jax.random.key(len(shape)), shape)
     if ties:
         x = jnp.maximum(jnp.round(2 * x) / 2, 0.0)
-    window = (2,) * (len(shape) - 2)
-    dy = jax.random.normal(jax.random.key(7), jax.eval_shape(max_pool, x).shape)
-    y, vjp = jax.vjp(max_pool, x)
-    ref, ref_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides=window), x)
+    dy = jax.random.normal(jax.random.key(7), jax.eval_shape(layers.max_pool, x).shape)
+    y, vjp = jax.vjp(fast_ops.max_pool, x)
+    ref, ref_vjp = jax.vjp(layers.max_pool, x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))
     np.testing.assert_array_equal(np.asarray(vjp(dy)[0]), np.asarray(ref_vjp(dy)[0]))
     if ties:  # the case is real: some block holds a repeated maximum
@@ -144,14 +154,15 @@ def test_max_pool_equals_reduce_window_values_and_gradient(shape, ties):
         assert (is_max.sum(axis=offsets) > 1).any()
 
 
-def test_max_pool_rejects_indivisible_shape():
+@pytest.mark.parametrize("pool", [layers.max_pool, fast_ops.max_pool])
+def test_max_pool_rejects_indivisible_shape(pool):
     with pytest.raises(ValueError, match="not divisible"):
-        max_pool(jnp.zeros((1, 6, 5, 2)))
+        pool(jnp.zeros((1, 6, 5, 2)))
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5, 8), 4), ((2, 3, 4, 5, 6), 3), ((3, 4, 4, 4), 4)])
 @pytest.mark.parametrize("relu", [False, True])
-def test_group_norm_gradient_equals_autodiff_of_flax(shape, groups, relu):
+def test_fast_group_norm_gradient_equals_autodiff_of_flax(shape, groups, relu):
     """The hand-written VJP (x, scale, bias) against JAX differentiating flax.linen.GroupNorm (+ ReLU), in
     float64 on the reference side so the comparison is not limited by the reference's own rounding."""
     ks = jax.random.split(jax.random.key(sum(shape)), 4)
@@ -161,7 +172,7 @@ def test_group_norm_gradient_equals_autodiff_of_flax(shape, groups, relu):
     dy = jax.random.normal(ks[3], shape)
 
     def ours(x, scale, bias):
-        return jnp.sum(group_norm(x, scale, bias, groups, relu=relu) * dy)
+        return jnp.sum(fast_ops.group_norm(x, scale, bias, groups, relu=relu) * dy)
 
     def theirs(x, scale, bias):
         y = nn.GroupNorm(num_groups=groups, dtype=jnp.float64, param_dtype=jnp.float64).apply(

@@ -11,7 +11,9 @@ Parameter tree (this naming is what partitioning, transfer, CKA and the PyTorch 
     └── head                            # 1×1 conv to class logits (kernel, bias)
 
 Each ConvBlock holds ``conv_j`` (``ConvND``: kernel (k…k, Cin, Cout), bias only when ``norm == "none"``)
-and ``norm_j``. Widths are ``base_width · width_multiplier**level``.
+and ``norm_j``. Widths are ``base_width · width_multiplier**level``. The layers compute with the
+formulation ``conv_impl`` names (:mod:`jaxfcn.models.fast_ops`): ``plain`` is the textbook Flax layers,
+``fast`` (default) the same function in the formulations that measured faster; the parameters are the same.
 
 Representations are sown into the ``intermediates`` collection (only computed when that collection is
 mutable) under the names of :func:`layer_names`: ``enc_0 … enc_{depth-2}``, ``bottleneck``,
@@ -31,8 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfcn.models import layers
-from jaxfcn.models.layers import ConvND, Norm, UpConv, kernel_initializer
+from jaxfcn.models import fast_ops
+from jaxfcn.models.layers import ConvND, Kernels, Norm, UpConv, kernel_initializer
 
 
 def _activation(name: str):
@@ -50,18 +52,19 @@ class ConvBlock(nn.Module):
     norm_groups: int
     activation: str
     kernel_init: str
-    conv_impl: str
+    kernels: Kernels
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, x, train: bool):
         act = _activation(self.activation)
-        fuse_relu = self.activation == "relu"  # the norm applies it in the same pass (layers.group_norm)
+        fuse_relu = self.activation == "relu"  # the norm applies it (a fast formulation in the same pass)
         for j in range(self.convs):
             x = ConvND(self.features, self.kernel_size, use_bias=self.norm == "none",
-                       kernel_init=kernel_initializer(self.kernel_init), impl=self.conv_impl,
-                       dtype=self.dtype, name=f"conv_{j}")(x)
-            x = Norm(self.norm, self.norm_groups, dtype=self.dtype, relu=fuse_relu, name=f"norm_{j}")(x, train)
+                       kernel_init=kernel_initializer(self.kernel_init), dtype=self.dtype,
+                       kernels=self.kernels, name=f"conv_{j}")(x)
+            x = Norm(self.norm, self.norm_groups, dtype=self.dtype, relu=fuse_relu, kernels=self.kernels,
+                     name=f"norm_{j}")(x, train)
             if not fuse_relu:
                 x = act(x)
         return x
@@ -78,12 +81,12 @@ class _Part(nn.Module):
     norm_groups: int
     activation: str
     kernel_init: str
-    conv_impl: str
+    kernels: Kernels
     dtype: jnp.dtype
 
     def block(self, level: int) -> ConvBlock:
         return ConvBlock(self.widths[level], self.convs, (self.kernel_size,) * self.spatial_dims, self.norm,
-                         self.norm_groups, self.activation, self.kernel_init, self.conv_impl, self.dtype,
+                         self.norm_groups, self.activation, self.kernel_init, self.kernels, self.dtype,
                          name=f"block_{level}")
 
 
@@ -95,7 +98,7 @@ class Encoder(_Part):
         outputs = []
         for level in range(len(self.widths)):
             if level:
-                x = layers.max_pool(x, 2)  # via the module, so benchmarks can swap the formulation
+                x = self.kernels.max_pool(x, 2)
             x = self.block(level)(x, train)
             outputs.append(x)
         return outputs
@@ -131,7 +134,7 @@ class UNet(nn.Module):
     norm_groups: int = 8
     activation: str = "relu"
     kernel_init: str = "he_normal"
-    conv_impl: str = "xla"
+    conv_impl: str = "fast"  # the layers' formulation, one of jaxfcn.models.fast_ops.CONV_IMPLS
     compute_dtype: str = "float32"
 
     @property
@@ -146,9 +149,10 @@ class UNet(nn.Module):
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected input (N, {'D, ' if self.spatial_dims == 3 else ''}H, W, C), got {x.shape}")
         dtype = jnp.dtype(self.compute_dtype)
+        kernels = fast_ops.kernels(self.conv_impl)
         shared = dict(widths=self.widths, spatial_dims=self.spatial_dims, convs=self.convs_per_block,
                       kernel_size=self.kernel_size, norm=self.norm, norm_groups=self.norm_groups,
-                      activation=self.activation, kernel_init=self.kernel_init, conv_impl=self.conv_impl,
+                      activation=self.activation, kernel_init=self.kernel_init, kernels=kernels,
                       dtype=dtype)
         enc = Encoder(**shared, name="encoder")(x, train and "encoder" not in frozen_parts)
         for level, feat in enumerate(enc[:-1]):
@@ -159,7 +163,7 @@ class UNet(nn.Module):
             self.sow("intermediates", f"dec_{level}", feat)
         self.sow("intermediates", "head_input", dec[-1])
         logits = ConvND(self.num_classes, (1,) * self.spatial_dims, use_bias=True,
-                        kernel_init=kernel_initializer(self.kernel_init), impl=self.conv_impl, dtype=dtype,
+                        kernel_init=kernel_initializer(self.kernel_init), dtype=dtype, kernels=kernels,
                         name="head")(dec[-1])
         return logits.astype(jnp.float32)
 

@@ -84,10 +84,11 @@ def check_config(config) -> None:
                ("train.loss", t.loss, LOSSES), ("model.norm", m.norm, ("group", "instance", "batch", "none")),
                ("model.spatial_dims", m.spatial_dims, (2, 3)), ("train.seed_data_order", t.seed_data_order,
                                                                  ("shared", "independent"))]
+    from jaxfcn.models.fast_ops import CONV_IMPLS
     from jaxfcn.models.layers import KERNEL_INITS
 
     choices += [("model.kernel_init", m.kernel_init, tuple(KERNEL_INITS)),
-                ("model.conv_impl", m.conv_impl, ("xla", "im2col")),
+                ("model.conv_impl", m.conv_impl, CONV_IMPLS),
                 ("model.compute_dtype", m.compute_dtype, ("float32", "bfloat16"))]
     for key, value, allowed in choices:
         if value not in allowed:
