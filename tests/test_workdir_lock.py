@@ -116,14 +116,16 @@ def test_lock_is_exclusive_and_a_release_leaves_nothing(tmp_path):
     assert os.listdir(directory) == ["kept"]
 
 
-def test_k_seed_program_and_study_lock_the_directory_given(tmp_path, capsys):
+def test_k_seed_program_study_and_transfer_controls_lock_the_directory_given(tmp_path, capsys):
     config = write_tiny_config(tmp_path / "tiny.py")
-    program, study = str(tmp_path / "program"), str(tmp_path / "study")
-    with lock.hold(program), lock.hold(study):
+    program, study, controls = str(tmp_path / "program"), str(tmp_path / "study"), str(tmp_path / "controls")
+    with lock.hold(program), lock.hold(study), lock.hold(controls):
         assert main(train_command(config, program) + ["--seeds", "2"]) == 2
         assert main(["reproduce", "--quick", "--out", study]) == 2
+        assert main(["analyze", "transfer", "--out", controls, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2, err
+    assert len(err) == 3, err
     assert f"--workdir {program}: in use by another jaxfcn process (PID {os.getpid()}" in err[0]
     assert f"--out {study}: in use by another jaxfcn process (PID {os.getpid()}" in err[1]
-    assert not os.path.exists(program) and not os.path.exists(study)
+    assert f"--out {controls}: in use by another jaxfcn process (PID {os.getpid()}" in err[2]
+    assert not any(os.path.exists(d) for d in (program, study, controls))

@@ -484,11 +484,13 @@ def _transfer(args) -> int:
     from jaxfcn.config import load_config
     from jaxfcn.configs import BUILTIN_CONFIG_DIR
     from jaxfcn.reproduce.controls import run_controls
+    from jaxfcn.train.lock import hold
 
     config = load_config(args.config or os.path.join(BUILTIN_CONFIG_DIR, "transfer_controls.py"), args.overrides)
     if args.seeds is not None:
         config.study.seeds = args.seeds
-    results = run_controls(config, args.out, names=args.controls or (), progress=not args.no_progress)
+    with hold(args.out, flag="--out"):  # one writer of OUT at a time, as for runs and studies
+        results = run_controls(config, args.out, names=args.controls or (), progress=not args.no_progress)
     print(f"wrote {os.path.join(args.out, 'controls.md')}, results.json and figures/")
     for c in results["controls"]:
         t = c["test_dice"]
