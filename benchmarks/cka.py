@@ -111,12 +111,12 @@ def main(argv=None) -> dict:
     m = len(device)
 
     def all_pairs():
-        return np.asarray(jax.block_until_ready(cka_matrix(device)))
+        return np.asarray(jax.block_until_ready(cka_matrix(device, debiased=False)))
 
     def per_pair_jax():
-        return per_pair(lambda a, b: jax.block_until_ready(cka(a, b)), device)
+        return per_pair(lambda a, b: jax.block_until_ready(cka(a, b, debiased=False)), device)
 
-    pair_jit = jax.jit(lambda a, b: cka(a, b, on_constant="zero"))
+    pair_jit = jax.jit(lambda a, b: cka(a, b, debiased=False, on_constant="zero"))
 
     def per_pair_jit_async():
         pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]

@@ -108,11 +108,11 @@ def test_cka_matrix_equals_per_pair_cka(kernel, debiased):
 
 def test_cka_matrix_stacked_input_and_vmap():
     stack = np.stack(random_features(6, widths=(12, 12, 12, 12)))  # (M, n, d): e.g. one layer of 4 seeds
-    mat = np.asarray(cka_matrix(stack))
+    mat = np.asarray(cka_matrix(stack, debiased=False))
     ref = np.array([[np_cka(a, b) for b in stack] for a in stack])
     np.testing.assert_allclose(mat, ref, atol=2e-5)
     # cka is jittable/vmappable when constant features are defined rather than raised
-    pairs = jax.vmap(lambda a, b: cka(a, b, on_constant="zero"))(stack[:2], stack[2:])
+    pairs = jax.vmap(lambda a, b: cka(a, b, debiased=False, on_constant="zero"))(stack[:2], stack[2:])
     np.testing.assert_allclose(pairs, [ref[0, 2], ref[1, 3]], atol=2e-5)
 
 
@@ -123,14 +123,25 @@ def test_debiased_is_closer_to_population_value():
     err_biased, err_debiased = [], []
     for seed in range(5):
         x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-        err_biased.append(abs(float(cka(x, x[:, :k])) - truth))
+        err_biased.append(abs(float(cka(x, x[:, :k], debiased=False)) - truth))
         err_debiased.append(abs(float(cka(x, x[:, :k], debiased=True)) - truth))
     assert np.mean(err_debiased) < 0.5 * np.mean(err_biased)
     assert np.mean(err_debiased) < 0.1
     # independent X, Y: population CKA is 0; the biased estimate is far from it at n < d
     rng = np.random.default_rng(9)
     x, y = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, k)).astype(np.float32)
-    assert abs(float(cka(x, y, debiased=True))) < 0.5 * float(cka(x, y))
+    assert abs(float(cka(x, y, debiased=True))) < 0.5 * float(cka(x, y, debiased=False))
+
+
+def test_the_library_default_is_debiased():
+    """cka()/cka_matrix() without arguments give the debiased estimate, whose null for independent data of
+    n ≪ d is ≈ 0 (the biased one is ≈ 0.98 here)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(32, 1600)).astype(np.float32), rng.normal(size=(32, 1600)).astype(np.float32)
+    assert float(cka(x, y)) == pytest.approx(np_cka(x.astype(np.float64), y.astype(np.float64), debiased=True),
+                                             abs=1e-4)
+    assert abs(float(cka(x, y))) < 0.1 < 0.9 < float(cka(x, y, debiased=False))
+    np.testing.assert_allclose(np.asarray(cka_matrix([x, y])), np.asarray(cka_matrix([x, y], debiased=True)))
 
 
 def test_minibatch_cka_matches_reference_and_single_batch():

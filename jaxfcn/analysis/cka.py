@@ -22,7 +22,7 @@ Definitions (n examples; representation X is (n, d1), Y is (n, d2); rows are the
   diagonal. This Gram-space form is what we compute.
 * CKA (Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of neural network representations revisited",
   ICML): ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))``. ``debiased=True`` uses HSIC₁
-  ("debiased CKA"), otherwise HSIC₀. CKA is invariant to orthogonal transforms and isotropic scaling of X
+  ("debiased CKA"; the default everywhere), otherwise HSIC₀. CKA is invariant to orthogonal transforms and isotropic scaling of X
   or Y, and (both estimators centre) to translations.
 * Minibatch CKA (Nguyen, Raghu & Kornblith 2021, "Do wide and deep networks learn the same things?",
   ICLR): over probe batches b = 1…k, ``CKA_mb = Σ_b HSIC₁(K_b, L_b) / sqrt(Σ_b HSIC₁(K_b, K_b) ·
@@ -52,7 +52,7 @@ representation shuffled) from the centred Grams of :func:`centred_grams`.
 Example::
 
     x = jax.random.normal(jax.random.key(0), (64, 100))
-    cka(x, 2.0 * x @ orthogonal)                       # 1.0
+    cka(x, 2.0 * x @ orthogonal)                       # 1.0 (debiased by default)
     grams, constant = centred_grams([x, y, z], debiased=True)
     cka_from_grams(grams, constant)                    # (3, 3), equal to cka_matrix([x, y, z], debiased=True)
     cka_matrix([x, y, z], debiased=True)               # (3, 3)
@@ -346,7 +346,7 @@ def hsic_matrix(features, *, kernel: str = "linear", debiased: bool = True, rbf_
     return hsic, constant
 
 
-def cka_matrix(features, *, kernel: str = "linear", debiased: bool = False, rbf_threshold: float = 1.0,
+def cka_matrix(features, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
                block_rows: int | None = None, on_constant: str = "error", labels: Sequence[str] | None = None,
                rbf_bandwidth: str = "kornblith"):
     """CKA between every pair of M representations, (M, M) float32, in one jitted computation.
@@ -363,11 +363,12 @@ def cka_matrix(features, *, kernel: str = "linear", debiased: bool = False, rbf_
     return result
 
 
-def cka(x, y, *, kernel: str = "linear", debiased: bool = False, rbf_threshold: float = 1.0,
+def cka(x, y, *, kernel: str = "linear", debiased: bool = True, rbf_threshold: float = 1.0,
         on_constant: str = "error", rbf_bandwidth: str = "kornblith"):
     """CKA between x (n, d1…) and y (n, d2…): a float32 scalar in [0, 1] (debiased: may dip below 0).
 
-    Definitions and references in the module docstring. ``debiased=True`` needs n ≥ 4.
+    Definitions and references in the module docstring. Debiased by default (needs n ≥ 4): the biased
+    estimate of independent representations is far above 0 when n is small against the width.
     """
     return cka_matrix([x, y], kernel=kernel, debiased=debiased, rbf_threshold=rbf_threshold,
                       on_constant=on_constant, rbf_bandwidth=rbf_bandwidth)[0, 1]
