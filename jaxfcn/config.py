@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.subject_labels = "nearest"  # nearest | linear (one-hot trilinear, then argmax)
     c.data.subject_resolution_mm = 0.0  # > data.spacing: blur each subject to a random FWHM up to this
     c.data.modality = ""  # "" = from dataset.json; "CT" or "MRI" forces the normalisation
+    # Folder tasks: the image channels used, as indices into dataset.json's modalities: "" = all; "1" or "0,2"
+    # for any folder; "Task01_BrainTumour=1,Task05_Prostate=0+1" per folder name (others keep all). The
+    # model's in_channels follows; a study's source and targets must agree (jaxfcn.data.folders.selected_channels).
+    c.data.channels = ""
     c.data.ct_window = (-1000.0, 1000.0)
     c.data.augment = True
     c.data.flip_axes = ()  # spatial axes that may be flipped (empty: none; left-right labels merged ⇒ safe)

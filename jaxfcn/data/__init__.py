@@ -21,6 +21,9 @@ def recipe_for(data_config, depth: int = 4):
     from jaxfcn.data import builtin
 
     if builtin.is_builtin(data_config.task):
+        from jaxfcn.data.folders import selected_channels
+
+        selected_channels(data_config, 1, f"built-in task {data_config.task}")  # refuse a channel it lacks
         return builtin.builtin_recipe(data_config, depth)
     import os
 

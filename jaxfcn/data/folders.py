@@ -206,6 +206,33 @@ def load_case(spec: FolderSpec, case: CaseFiles) -> tuple[np.ndarray, np.ndarray
     return image, affine, label
 
 
+def selected_channels(data_config, available: int, where) -> tuple[int, ...]:
+    """The indices of the channels ``data.channels`` picks for ``data.task``, which has ``available``.
+
+    ``data.channels``: ``""`` = all, in order; ``"1"`` or ``"0,2"`` = these, of any task; ``"A=1,B=0+2"`` =
+    per task, by folder name (``os.path.basename`` of ``data.task``; a task not named keeps all its
+    channels), so one setting serves a study's source and targets. A malformed setting, or an index the task
+    lacks, is a one-line UserError naming ``where`` (the folder or file) and the key."""
+    text = str(data_config.get("channels", "") or "").strip()
+    chosen = text
+    if "=" in text:
+        entries = [item.partition("=") for item in text.split(",")]
+        if not all(sep and name.strip() for name, sep, _ in entries):
+            raise UserError(f"data.channels={text!r}: per-task entries are task=i or task=i+j, comma-separated")
+        by_task = {name.strip(): value.strip().replace("+", ",") for name, _, value in entries}
+        chosen = by_task.get(os.path.basename(os.path.normpath(str(data_config.task))), "")
+    if not chosen:
+        return tuple(range(available))
+    items = [item.strip() for item in chosen.split(",")]
+    if not all(item.isdigit() for item in items):
+        raise UserError(f"data.channels={text!r}: '{chosen}' is not channel indices such as 1 or 0,2 ({where})")
+    picked = tuple(int(item) for item in items)
+    if len(set(picked)) != len(picked) or max(picked) >= available:
+        raise UserError(f"data.channels={text!r}: {where} has {available} channel(s), indices 0..{available - 1}; "
+                        f"'{chosen}' picks {', '.join(items)}")
+    return picked
+
+
 def folder_recipe(data_config, depth: int):
     from tqdm import tqdm
 
@@ -217,7 +244,8 @@ def folder_recipe(data_config, depth: int):
         raise UserError(f"data.split={data_config.split}: MSD / nnU-Net folders are split by 'kfold'")
     if data_config.modality not in ("", "CT", "MRI"):
         raise UserError(f"data.modality={data_config.modality}: use '' (from dataset.json), 'CT' or 'MRI'")
-    modality = tuple(data_config.modality or m for m in spec.modality)
+    channels = selected_channels(data_config, spec.in_channels, spec.dataset_json)
+    modality = tuple(data_config.modality or spec.modality[c] for c in channels)
     # Normalisation follows the first channel's modality name: "CT" (any case) windows, anything else z-scores.
     normalisation = "CT" if modality[0].upper() == "CT" else "MRI"
     splits = split_cases(spec, int(data_config.fold), int(data_config.num_folds))
@@ -230,6 +258,7 @@ def folder_recipe(data_config, depth: int):
             for case in tqdm(members, desc=f"{spec.name}: {split} cases", unit="case", disable=not progress,
                              leave=False):
                 image, affine, label = load_case(spec, case)
+                image = image[..., list(channels)]  # before preprocessing: the foreground box follows them too
                 prepared, _ = preprocess_case(case.case_id, image, affine, label, spacing, normalisation, window,
                                               2 ** depth)
                 out[split].append(prepared)
@@ -237,5 +266,7 @@ def folder_recipe(data_config, depth: int):
 
     settings = {"split": {s: [c.case_id for c in m] for s, m in splits.items()}, "normalisation": normalisation,
                 "ct_window": window if normalisation == "CT" else None, "label_values": spec.label_values}
+    if channels != tuple(range(spec.in_channels)):  # only then: all channels keep their existing cache entries
+        settings["channels"] = list(channels)
     return Recipe(name=spec.name, class_names=spec.class_names, modality=modality, fingerprint=fingerprint(spec),
                   settings=settings, make_cases=make_cases)

@@ -33,9 +33,10 @@ def modality_for(data_config) -> str:
 
     if builtin.is_builtin(data_config.task):
         return "MRI"
-    from jaxfcn.data.folders import read_folder_spec
+    from jaxfcn.data.folders import read_folder_spec, selected_channels
 
-    return read_folder_spec(data_config.task).modality[0]
+    spec = read_folder_spec(data_config.task)
+    return spec.modality[selected_channels(data_config, spec.in_channels, spec.dataset_json)[0]]
 
 
 def load_volume_for_prediction(path, data_config, *, depth: int | None = None
@@ -54,6 +55,10 @@ def load_volume_for_prediction(path, data_config, *, depth: int | None = None
         data = data[..., None]
     elif data.ndim != 4:
         raise UserError(f"{path}: expected a 3D or 4D (multi-channel) image, got {data.ndim}D")
+    if data_config.get("channels"):  # the channels the model was trained on (data.channels)
+        from jaxfcn.data.folders import selected_channels
+
+        data = data[..., list(selected_channels(data_config, data.shape[-1], path))]
     if not np.isfinite(data).all():
         raise UserError(f"{path}: contains NaN or infinite voxels")
     multiple = 2 ** depth if depth else DEFAULT_PAD_MULTIPLE

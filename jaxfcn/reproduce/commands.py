@@ -41,10 +41,9 @@ def run(args) -> int:
         config.study.targets = tuple(args.targets)
     if len(config.study.targets) < 1:
         raise UserError("--targets: at least one target task is needed")
-    from jaxfcn.reproduce.study import run_study
+    from jaxfcn.reproduce.study import run_study, verdict_line
 
     results = run_study(config, args.out)
     print(f"report: {os.path.join(args.out, 'report.md')}")
-    for row in results["claims"]:
-        print(f"claim {row['claim']:>2}: {row['verdict']}")
+    print(verdict_line(results["claims"]))
     return 0

@@ -7,6 +7,17 @@ with the same architecture reuse one compiled step.
 Resumable at two depths: a run whose workdir already holds its test ``summary.json`` is skipped, and an
 interrupted condition resumes from the latest checkpoint all its seeds saved (see :mod:`jaxfcn.train.multiseed`).
 
+Where it stands: one progress bar over the conditions of training and evaluation, advanced by each
+condition's seed-steps (training steps × seeds, :func:`condition_work`) so that its time left weighs an
+800-step source program and a 500-step target program by their budgets; its rate is the mean over the
+conditions trained in this invocation (conditions already done when a rerun starts count as done, not as
+speed). After each condition, one line per seed (test Dice, or why it has none). The analysis phase after it
+shows its own bars. :func:`verdict_line` is the closing one-line verdict summary.
+
+The tasks are checked before anything is written: every source and target must be a built-in task or a
+readable MSD / nnU-Net folder (a missing MSD task's error says how to fetch it), and when a regime transfers,
+every target must give the network as many input channels as the source (``data.channels``).
+
 Divergence never aborts the study. When a K-seed program stops on a non-finite loss
 (:class:`jaxfcn.train.loop.TrainingDiverged`), its seeds are resumed one at a time from their last
 checkpoints, so the seed that diverges is found and the others finish; that seed gets ``diverged.json``
@@ -22,7 +33,8 @@ import platform
 import re
 import time
 
-from jaxfcn.reproduce.grid import Run, conditions, plan, program_dir, run_config, target_steps, task_label
+from jaxfcn.errors import UserError
+from jaxfcn.reproduce.grid import REGIMES, Run, conditions, plan, program_dir, run_config, target_steps, task_label
 from jaxfcn.train import curves
 from jaxfcn.train.lock import holding
 from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE, write_json_atomic
@@ -39,6 +51,53 @@ def is_real_case(case_id: str) -> bool:
     except ImportError:  # the built-in subjects' module defines the rule; this is its naming convention
         return str(case_id).endswith("_real")
     return builtin_rule(case_id)
+
+
+# -------------------------------------------------------------------------------------- input checks
+def _fetch_hint(task: str) -> str:
+    from jaxfcn.data.msd_fetch import TASKS
+
+    label = task_label(task)
+    if label not in TASKS:
+        return ""
+    parent = os.path.dirname(os.path.normpath(str(task))) or "."
+    return f"; fetch it with `jaxfcn data fetch msd {label} --to {parent}`"
+
+
+def _input_channels(config, task: str, role: str) -> tuple[int, str]:
+    """(input channels the network gets from ``task``, their names) after ``data.channels``; a task that
+    is neither built in nor a readable folder is a one-line UserError naming ``role`` and the folder."""
+    from jaxfcn.data import builtin
+    from jaxfcn.data.folders import read_folder_spec, selected_channels
+
+    data = config.data.copy_and_resolve_references()
+    data.task = task
+    if builtin.is_builtin(task):
+        return len(selected_channels(data, 1, f"built-in task {task}")), "MRI"
+    if not os.path.isdir(str(task)):
+        raise UserError(f"{role}: {task}: no such folder, and not a built-in task "
+                        f"({', '.join(builtin.TASKS)}){_fetch_hint(task)}")
+    try:
+        spec = read_folder_spec(task)
+    except UserError as e:
+        raise UserError(f"{role}: {e}{_fetch_hint(task)}") from None
+    picked = selected_channels(data, spec.in_channels, spec.dataset_json)
+    return len(picked), ", ".join(spec.modality[c] for c in picked)
+
+
+def check_tasks(config) -> None:
+    """Refuse unusable tasks before anything is written or trained (module docstring)."""
+    s = config.study
+    source = _input_channels(config, s.source, "study.source")
+    targets = {t: _input_channels(config, t, "study.targets") for t in s.targets}
+    if not any(REGIMES[r].from_source for r in s.regimes):
+        return
+    for target, (count, names) in targets.items():
+        if count != source[0]:
+            raise UserError(f"study: source {task_label(s.source)} gives {source[0]} input channel(s) ({source[1]}) "
+                            f"but target {task_label(target)} gives {count} ({names}); transfer needs the same "
+                            "channels: pick them with data.channels (e.g. "
+                            f"'{task_label(s.source)}=0,{task_label(target)}=0')")
 
 
 # ----------------------------------------------------------------------------------------- run state
@@ -160,9 +219,16 @@ def design(config, sources: list[Run], targets: list[Run]) -> dict:
             "runs": len(sources) + len(targets)}
 
 
-def about(started: float, phases: dict[str, float] | None = None) -> dict:
-    """Provenance: machine, versions, date, wall time (and its split by phase, in minutes)."""
+def about(started: float, phases: dict[str, float] | None = None, tasks=()) -> dict:
+    """Provenance: machine, versions, date, wall time (and its split by phase, in minutes), the data."""
     import jax
+
+    from jaxfcn.data import builtin
+
+    folders = [str(t) for t in tasks if not builtin.is_builtin(t)]
+    data = ([f"folders {', '.join(folders)}"] if folders else []) + (
+        ["built-in MRI: see docs/data.md for sources, citations and licences"] if len(folders) < len(tasks) or not tasks
+        else [])
 
     return {"machine": f"{platform.node()} · {platform.processor() or platform.machine()} · "
                        f"{os.cpu_count()} cores · backend {jax.default_backend()}",
@@ -171,7 +237,27 @@ def about(started: float, phases: dict[str, float] | None = None) -> dict:
             **({"phases": ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in phases.items())}
                if phases else {}),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "data": "built-in MRI: see docs/data.md for sources, citations and licences"}
+            "data": "; ".join(data)}
+
+
+# ------------------------------------------------------------------------------------------ progress
+def condition_work(condition: list[Run], config) -> int:
+    """What the time-left estimate weighs a condition by: its training steps × its seeds."""
+    run = condition[0]
+    steps = config.study.source_steps if run.kind == "source" else target_steps(config.study)[run.task]
+    return int(steps) * len(condition)
+
+
+def condition_label(condition: list[Run]) -> str:
+    run = condition[0]
+    if run.kind == "source":
+        return f"source {task_label(run.task)}"
+    return f"{task_label(run.task)} n={run.train_size or 'all'} {run.regime}"
+
+
+def verdict_line(claims: list[dict]) -> str:
+    """Every claim's verdict in one line, in claim order: ``claims: 1 mixed, 2 not supported, …``."""
+    return "claims: " + (", ".join(f"{row['claim']} {row['verdict']}" for row in claims) or "none")
 
 
 def _progress_line(run: Run, seconds: float, seeds: int) -> str:
@@ -192,18 +278,30 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     started = time.time()
     sources, targets = plan(config, out_dir)
     analysis.check_settings(config)  # before anything is written or trained
+    check_tasks(config)
     os.makedirs(out_dir, exist_ok=True)
     runs = sources + targets
     datasets: dict = {}
-    bar = tqdm(total=len(runs), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
-    for condition in conditions(runs):
-        if not all(is_done(run) for run in condition):
-            t0 = time.time()
-            execute(condition, config, datasets)
-            seconds = (time.time() - t0) / len(condition)
-            for run in condition:
-                tqdm.write(_progress_line(run, seconds, len(condition)))
-        bar.update(len(condition))
+    groups = conditions(runs)
+    work = [condition_work(c, config) for c in groups]
+    pending = [i for i, c in enumerate(groups) if not all(is_done(run) for run in c)]
+    finished = len(groups) - len(pending)
+    # smoothing=0: the rate is the mean over this invocation's conditions (a condition is one update, so
+    # tqdm's default moving average would follow the last condition alone); `initial` is excluded from it.
+    bar = tqdm(total=sum(work), initial=sum(work) - sum(work[i] for i in pending), desc="study", smoothing=0,
+               disable=not progress, dynamic_ncols=True, postfix=f"conditions {finished}/{len(groups)}",
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} seed-steps{postfix} "
+                          "[{elapsed} elapsed, {remaining} left]")
+    for i in pending:
+        bar.set_postfix_str(f"conditions {finished}/{len(groups)}, now {condition_label(groups[i])}")
+        t0 = time.time()
+        execute(groups[i], config, datasets)
+        seconds = (time.time() - t0) / len(groups[i])
+        for run in groups[i]:
+            tqdm.write(_progress_line(run, seconds, len(groups[i])))
+        finished += 1
+        bar.set_postfix_str(f"conditions {finished}/{len(groups)}", refresh=False)
+        bar.update(work[i])
     bar.close()
     phases = {"training and evaluation": time.time() - started}
     results = {"design": design(config, sources, targets), "runs": [run_record(r) for r in targets],
@@ -212,7 +310,7 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     analysed = time.time()
     results.update(analysis.analyse(config, sources, targets, status, progress=progress))
     phases["filters, CKA and evolution"] = time.time() - analysed
-    results["about"] = about(started, phases)
+    results["about"] = about(started, phases, tasks=(config.study.source, *config.study.targets))
     results["claims"], results["tests"] = claims.evaluate_claims(results)
     results["conditions"] = claims.condition_summary(results, is_real=is_real_case)
     results["cka_summary"] = claims.cka_summary(results)

@@ -1,0 +1,108 @@
+"""``jaxfcn reproduce`` shows where it stands: one bar over the conditions, weighed by seed-steps, a line
+per seed, and at the end the report's path and a one-line verdict summary.
+
+A tiny study (an MSD source, an nnU-Net target, one size, two regimes, two seeds: three conditions) runs
+through the CLI; a rerun finds every condition done, trains nothing and starts its bar full.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxfcn.cli import main
+from jaxfcn.config import base_config
+from jaxfcn.reproduce.grid import conditions, plan
+from jaxfcn.reproduce.study import condition_work, verdict_line
+
+sys.path.insert(0, str(Path(__file__).parent))
+import data_fixtures  # noqa: E402
+
+CONFIG = '''
+from jaxfcn.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.depth, c.model.base_width, c.model.norm_groups = 2, 4, 2
+    c.data.spacing, c.data.slice_shape, c.data.num_folds = 6.0, (32, 32), 2
+    c.train.batch_size, c.train.learning_rate = 4, 3e-3
+    c.train.eval_every, c.train.log_every, c.train.checkpoint_every, c.train.val_batches = 2, 2, 100, 1
+    c.train.snapshot_steps = "log:2"
+    c.study.train_sizes = (1,)
+    c.study.regimes = ("random", "transfer")
+    c.study.seeds = 2
+    c.study.source_steps, c.study.target_steps = 6, 4
+    c.study.probe_images = 6
+    c.study.cka_permutations = 20
+    return c
+'''
+
+
+def test_conditions_are_weighed_by_steps_times_seeds(tmp_path):
+    c = base_config()
+    c.study.source, c.study.targets = "tissue", ("lobes", "structures")
+    c.study.train_sizes, c.study.regimes, c.study.seeds = (1, 3), ("random", "transfer"), 3
+    c.study.source_steps, c.study.target_steps, c.study.target_steps_by_task = 800, 500, "lobes=900"
+    sources, targets = plan(c, str(tmp_path))
+    work = {tuple(r.workdir for r in group): condition_work(group, c) for group in conditions(sources + targets)}
+    assert len(work) == 1 + 2 * 2 * 2
+    weights = sorted(set(work.values()))
+    assert weights == [500 * 3, 800 * 3, 900 * 3]  # structures' conditions, the source, lobes' conditions
+    assert sum(work.values()) == 800 * 3 + 4 * 900 * 3 + 4 * 500 * 3
+
+
+def test_verdict_line_lists_every_claim_in_order():
+    claims = [{"claim": "1", "verdict": "mixed"}, {"claim": "2", "verdict": "not supported"},
+              {"claim": "5a", "verdict": "supported"}]
+    assert verdict_line(claims) == "claims: 1 mixed, 2 not supported, 5a supported"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("progress")
+    source = data_fixtures.write_msd(root / "Task01_Source", channels=1)
+    target = data_fixtures.write_nnunet(root / "Dataset002_Target")
+    config = root / "grid.py"
+    config.write_text(CONFIG)
+    with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)):
+        yield {"out": root / "out", "args": ["reproduce", "--config", str(config), "--out", str(root / "out"),
+                                             "--source", str(source), "--targets", str(target)]}
+
+
+def _bar_states(stderr: str) -> list[str]:
+    """Every state the study bar was drawn in (tqdm redraws with carriage returns)."""
+    return [s.strip() for s in re.split(r"[\r\n]", stderr) if s.strip().startswith("study ")]
+
+
+def test_final_lines_name_the_report_and_every_verdict(tiny, capsys):
+    assert main(tiny["args"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads((tiny["out"] / "results.json").read_text())
+    lines = captured.out.strip().splitlines()
+    assert lines[-2] == f"report: {tiny['out'] / 'report.md'}" and (tiny["out"] / "report.md").is_file()
+    assert lines[-1] == "claims: " + ", ".join(f"{r['claim']} {r['verdict']}" for r in results["claims"])
+    assert [r["claim"] for r in results["claims"]] == ["1", "2", "3", "4", "5a", "5b", "5c"]
+    # one line per seed: 2 sources + 2 regimes × 2 seeds
+    assert len(re.findall(r"^done  ", captured.out + captured.err, flags=re.M)) == 6
+    # the bar: 2 sources × 6 steps + 2 conditions × 2 seeds × 4 steps = 28 seed-steps over 3 conditions
+    states = _bar_states(captured.err)
+    assert states and "0/28 seed-steps, conditions 0/3" in states[0]
+    assert any("0/28 seed-steps, conditions 0/3, now source Task01_Source" in s for s in states)
+    assert "100%" in states[-1] and "28/28 seed-steps" in states[-1] and "conditions 3/3" in states[-1]
+    assert any("12/28 seed-steps" in s and "conditions 1/3" in s for s in states)  # after the source program
+    assert all(re.search(r"\[\d\d:\d\d elapsed, [\d:?]+ left\]", s) for s in states)
+
+
+def test_a_rerun_starts_full_and_trains_nothing(tiny, capsys):
+    before = {str(p): p.stat().st_mtime_ns for p in tiny["out"].rglob("metrics.jsonl")}
+    assert main(tiny["args"]) == 0
+    captured = capsys.readouterr()
+    assert {str(p): p.stat().st_mtime_ns for p in tiny["out"].rglob("metrics.jsonl")} == before
+    states = _bar_states(captured.err)
+    assert states and all("28/28 seed-steps" in s and "conditions 3/3" in s for s in states)
+    assert "done  " not in captured.out + captured.err
+    assert captured.out.strip().splitlines()[-1].startswith("claims: 1 ")
