@@ -57,7 +57,7 @@ def synthetic_batch(config, seed: int = 0) -> dict:
 
 def program(config, model, mode: str, devices: int, seeds: int):
     """``run(steps)`` training ``steps`` steps of ``mode`` on ``devices`` devices (``seeds`` 0: one unstacked seed)."""
-    from jaxfcn.train.multiseed import stacked_step_function
+    from jaxfcn.train.seeds import stacked_step_function
     from jaxfcn.train.parallel import plan_devices
     from jaxfcn.train.step import init_train_state, train_step_function
 
@@ -67,7 +67,8 @@ def program(config, model, mode: str, devices: int, seeds: int):
         config.train.seed = n
         members.append(init_train_state(model, config))
     if seeds:
-        fn = stacked_step_function(model, config, (), shared_batch=True, axis_name=plan.axis_name)
+        fn = stacked_step_function(model, config, (), strategy=config.train.seed_strategy, shared_batch=True,
+                                   axis_name=plan.axis_name)
     else:
         fn = train_step_function(model, config, (), axis_name=plan.axis_name)
     box = {"state": plan.place_state(plan.stack(members))}

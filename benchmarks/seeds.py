@@ -1,6 +1,6 @@
 """Per-seed cost of training K seeds in one program, for each strategy of ``jaxfcn.train.seeds``.
 
-For every strategy and K in (1, 2, 4, 8) the K-seed train step (``make_seeds_train_step``: forward,
+For every strategy and K in (1, 2, 4, 8) the K-seed train step (``jaxfcn.train.seeds.stacked_step_function``: forward,
 backward, Adam for every seed; shared batch) is compiled and timed in the same process as the ordinary
 single-seed step (``make_train_step``), interleaved (baseline, s1/K1, s1/K2, …, baseline, …) after
 compilation. Per-seed time = K-seed step time / K; the reported ratio is the median over rounds of
@@ -38,8 +38,12 @@ def build(config, strategy: str | None, k: int, frozen_parts=()):
         step = make_train_step(model, config, frozen_parts)
         state = init_train_state(model, config, frozen_parts)
     else:
-        step = seeds.make_seeds_train_step(model, config, frozen_parts, strategy, shared_batch=True)
-        state = seeds.init_seed_states(model, config, range(k), frozen_parts)
+        from jaxfcn.models.layers import compiler_options
+        from jaxfcn.train.step import seed_key
+
+        step = jax.jit(seeds.stacked_step_function(model, config, frozen_parts, strategy=strategy),
+                       donate_argnums=0, compiler_options=compiler_options())
+        state = seeds.stack_states([init_train_state(model, config, frozen_parts, rng=seed_key(n)) for n in range(k)])
     compiled = step.lower(state, batch).compile()
     holder = [state]
 

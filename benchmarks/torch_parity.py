@@ -127,7 +127,8 @@ def main(argv=None) -> dict:
     import torch
 
     from jaxfcn.models import build_model
-    from jaxfcn.train.loop import data_seed, open_training_data, resolve_config, validate
+    from jaxfcn.config_checks import resolve_config
+    from jaxfcn.train.loop import data_seed, open_training_data, validate
     from jaxfcn.train.step import init_train_state, make_eval_step, make_train_step
 
     # Parity, not speed: one thread keeps PyTorch's OpenMP workers from spin-waiting on a shared machine

@@ -64,17 +64,10 @@ def update_difference(init, reference, other) -> float:
 
 def run_steps(plan, model, config, members, batches):
     """``members`` (per-seed initial states) stepped through ``batches`` under ``plan``; per-seed params."""
-    from jaxfcn.train.multiseed import stacked_step_function
-    from jaxfcn.train.step import train_step_function
+    from jaxfcn.train.programs import build_programs
 
-    frozen = tuple(config.train.freeze)
-    if plan.num_seeds:
-        step_fn = stacked_step_function(model, config, frozen, shared_batch=not plan.seed_batches,
-                                        axis_name=plan.axis_name)
-    else:
-        step_fn = train_step_function(model, config, frozen, axis_name=plan.axis_name)
     state = plan.place_state(plan.stack(jax.device_get(members)))  # host copies: the step donates its state
-    step = plan.compile_step(step_fn, state)
+    step = build_programs(config, plan).train_step
     for batch in batches:
         state, _ = step(state, plan.place_batch(batch))
     return [jax.device_get(m.params) for m in plan.members(state)]
@@ -86,7 +79,7 @@ def devices_task(out_path: str) -> None:
     from jaxfcn.errors import UserError
     from jaxfcn.models import build_model
     from jaxfcn.train.checkpoint import load_params
-    from jaxfcn.train.loop import resolve_config
+    from jaxfcn.config_checks import resolve_config
     from jaxfcn.train.multiseed import stacked_batches, train_seeds
     from jaxfcn.train.parallel import plan_devices
     from jaxfcn.train.step import init_train_state

@@ -1,6 +1,6 @@
 """A finished run exits with code 0 from every ``--parallel`` mode and device count.
 
-The fault: the batch prefetch thread of the training loop (:class:`jaxfcn.train.loop.Prefetcher`) was
+The fault: the batch prefetch thread of the training loop (:class:`jaxfcn.train.prefetch.Prefetcher`) was
 only told to stop, not waited for, so it could still be inside JAX, placing the next batch on the devices,
 when the interpreter shut down. CPython then ends such a thread in the middle of its C++ call, and the
 process aborts (``terminate called after throwing an instance of ''``, exit 134) after the run has
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from jaxfcn.train.loop import Prefetcher
+from jaxfcn.train.prefetch import Prefetcher
 from test_parallel import WORKER, worker_env
 from train_helpers import write_tiny_config
 
@@ -43,7 +43,7 @@ def test_prefetcher_close_waits_for_its_thread():
 # Before the fix every run of it aborted (SIGABRT); each costs about 1.5 s.
 BUSY_PREFETCH = textwrap.dedent("""
     import jax, numpy as np
-    from jaxfcn.train.loop import Prefetcher
+    from jaxfcn.train.prefetch import Prefetcher
     sharding = jax.sharding.NamedSharding(jax.make_mesh((4,), ("data",)), jax.sharding.PartitionSpec("data"))
     host = np.ones((8, 64, 64), np.float32)
     def batches():

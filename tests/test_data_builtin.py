@@ -161,7 +161,7 @@ def test_augment_is_jittable_and_label_preserving(fresh_cache):
     import jax
 
     import jaxfcn.data
-    import jaxfcn.data.augment  # noqa: F401  (importing the submodule must not shadow the function)
+    import jaxfcn.data.augmentation  # noqa: F401  (importing the module must leave the function in place)
     from jaxfcn.data import augment
 
     assert callable(jaxfcn.data.augment) and augment is jaxfcn.data.augment

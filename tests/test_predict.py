@@ -10,7 +10,7 @@ from jaxfcn.config import load_config
 from jaxfcn.data import fetch
 from jaxfcn.train.evaluate import evaluate_run
 from jaxfcn.train.loop import train_and_evaluate
-from jaxfcn.train.predict import gaussian_importance, predict_sliding_window, predict_slices, window_starts
+from jaxfcn.train.inference import gaussian_importance, predict_sliding_window, predict_slices, window_starts
 from data_fixtures import reorient_for_disk
 from train_helpers import shapes_dataset, write_tiny_config
 

@@ -1,5 +1,6 @@
 """K-seed steps equal K independent single-seed steps, for every strategy, shared or independent batches,
-with and without a frozen encoder."""
+with and without a frozen encoder. The K-seed step is the one a K-seed run uses
+(:func:`jaxfcn.train.programs.build_programs` on a plan with K seeds)."""
 import re
 
 import jax
@@ -63,9 +64,24 @@ def frozen_independent():
     return setup, single_runs(*setup, frozen=("encoder",), shared=False)
 
 
+def k_seed_programs(config, frozen, strategy, shared):
+    """(plan, programs) of a K-seed run of ``SEEDS`` with ``strategy`` on one device."""
+    from jaxfcn.train.parallel import plan_devices
+    from jaxfcn.train.programs import build_programs
+
+    c = config.copy_and_resolve_references()
+    c.train.freeze, c.train.seed_strategy = tuple(frozen), strategy
+    plan = plan_devices("none", c.train.batch_size, num_seeds=len(SEEDS), seed_batches=not shared)
+    return plan, build_programs(c, plan)
+
+
+def initial_states(plan, programs):
+    return plan.place_state(plan.stack([programs.initial_state(s) for s in SEEDS]))
+
+
 def run_seeds(config, model, images, labels, frozen, strategy, shared):
-    step = seeds.make_seeds_train_step(model, config, frozen, strategy, shared_batch=shared)
-    state = seeds.init_seed_states(model, config, SEEDS, frozen)
+    plan, programs = k_seed_programs(config, frozen, strategy, shared)
+    step, state = programs.train_step, initial_states(plan, programs)
     for t in range(STEPS):
         batch = {"image": images[0, t], "label": labels[0, t]} if shared else \
             {"image": images[:, t], "label": labels[:, t]}
@@ -99,16 +115,19 @@ def test_frozen_encoder_and_independent_batches(frozen_independent, strategy):
     frozen = ("encoder",)
     stacked = run_seeds(*setup, frozen, strategy, shared=False)
     assert_members_equal(stacked, singles)
-    initial = seeds.init_seed_states(model, config, SEEDS, frozen)
+    initial = initial_states(*k_seed_programs(config, frozen, strategy, shared=False))
     for a, b in zip(jax.tree.leaves(stacked.params["encoder"]), jax.tree.leaves(initial.params["encoder"])):
         np.testing.assert_array_equal(a, b)  # frozen: bitwise unchanged
 
 
-def test_init_seed_states_equal_single_inits(plain):
+def test_program_initial_states_equal_single_run_inits(plain):
+    """The programs are built with the seed neutralised; each member still gets its own run's init."""
     (config, model, _, _), _ = plain
-    stacked = seeds.init_seed_states(model, config, SEEDS)
+    stacked = initial_states(*k_seed_programs(config, (), "vmap", shared=True))
     for n, s in enumerate(SEEDS):
-        single = init_train_state(model, config, rng=seed_key(s))
+        c = config.copy_and_resolve_references()
+        c.train.seed = s
+        single = init_train_state(model, c)
         for a, b in zip(jax.tree.leaves(seeds.unstack_state(stacked, n)), jax.tree.leaves(single)):
             np.testing.assert_array_equal(a, b)
 
@@ -116,12 +135,11 @@ def test_init_seed_states_equal_single_inits(plain):
 def test_per_seed_strategy_has_no_grouped_convolution(plain):
     """The reason for per_seed: vmap over per-seed kernels must not become a grouped convolution."""
     (config, model, images, labels), _ = plain
-    state = seeds.init_seed_states(model, config, SEEDS)
     batch = {"image": images[0, 0], "label": labels[0, 0]}
     groups = {}
     for strategy in ("vmap", "per_seed"):
-        step = seeds.make_seeds_train_step(model, config, (), strategy, shared_batch=True)
-        text = step.lower(state, batch).as_text()
+        plan, programs = k_seed_programs(config, (), strategy, shared=True)
+        text = programs.train_step.lower(initial_states(plan, programs), batch).as_text()
         groups[strategy] = {int(g) for g in re.findall(r"feature_group_count = (\d+)", text)}
     assert len(SEEDS) in groups["vmap"]
     assert groups["per_seed"] == {1}

@@ -15,7 +15,8 @@ from jaxfcn.config import load_config  # noqa: E402
 from jaxfcn.interop.torch import TorchUNet  # noqa: E402
 from jaxfcn.models import build_model  # noqa: E402
 from jaxfcn.train.checkpoint import load_params, load_variables, snapshot_steps  # noqa: E402
-from jaxfcn.train.loop import open_training_data, resolve_config  # noqa: E402
+from jaxfcn.config_checks import resolve_config  # noqa: E402
+from jaxfcn.train.loop import open_training_data  # noqa: E402
 from jaxfcn.train.workdir import load_run_config  # noqa: E402
 from train_helpers import write_tiny_config  # noqa: E402
 

@@ -65,14 +65,17 @@ def test_transfer_starts_from_each_seeds_source_with_a_fresh_head_and_empty_opti
         ratio /= t.train.learning_rate
         assert ratio.max() <= 1 + 1e-3 and np.median(ratio) > 0.99  # float32 rounding of θ₁ − θ₀ (|θ| ≈ 1)
     # the state a transfer run starts from (the loop's own path): source parameters, zero moments and count
-    from jaxfcn.train.loop import RunFiles, prepare_run
+    from jaxfcn.train.loop import prepare_run
+    from jaxfcn.train.parallel import plan_devices
+    from jaxfcn.train.programs import build_programs
+    from jaxfcn.train.run_files import RunFiles
 
     s_config = t.copy_and_resolve_references()
     s_config.train.init = sources[1]
     resolved, _, init, _ = prepare_run(s_config, str(tmp_path / "fresh_run"), data, progress=False)
     run = RunFiles(str(tmp_path / "fresh_run"), resolved, init=init)
     try:
-        state = run.initial_state(model, None)
+        state = run.initial_state(build_programs(resolved, plan_devices("none", resolved.train.batch_size)), None)
     finally:
         run.close()
     assert leaves_equal(state.params["encoder"], load_params(sources[1])["encoder"])

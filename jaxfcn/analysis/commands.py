@@ -304,7 +304,7 @@ def _representation_settings(args, task: str, n: int) -> dict:
 def _cka(args) -> int:
     import numpy as np
 
-    from jaxfcn.analysis import plots
+    from jaxfcn.plots import analysis as plots
 
     if args.estimator == "minibatch" and args.minibatch_size < 4:
         raise UserError(f"--minibatch-size {args.minibatch_size}: unbiased HSIC needs at least 4 probes per batch")
@@ -378,7 +378,7 @@ FILTER_COLUMNS = ["run", "layer", "shape", "step", "relative_change", "cosine", 
 def _filters(args) -> int:
     import numpy as np
 
-    from jaxfcn.analysis import plots
+    from jaxfcn.plots import analysis as plots
     from jaxfcn.analysis.filters import (as_filter_bank, kernel_leaves, numpy_draws, parameter_changes,
                                          randomness_tests)
     from jaxfcn.train.checkpoint import load_params, snapshot_steps
@@ -448,7 +448,7 @@ def _filters(args) -> int:
 def _evolution(args) -> int:
     import numpy as np
 
-    from jaxfcn.analysis import plots
+    from jaxfcn.plots import analysis as plots
     from jaxfcn.analysis.evolution import representation_evolution
 
     (config,) = _load_configs([args.run], same_architecture=False)

@@ -8,10 +8,6 @@ Public API (heavy modules are imported on call, so ``import jaxfcn.data`` stays 
 """
 from __future__ import annotations
 
-# Import the submodule ``augment`` before defining the function ``augment`` below: importing a submodule
-# binds its name on the package, so a first import later (e.g. ``from jaxfcn.data.augment import
-# augment_batch``) would replace the public function with the module. Done first, the function wins for good.
-from jaxfcn.data import augment as _augment_module  # noqa: F401  (cheap: jax is imported lazily there)
 from jaxfcn.data.dataset import (ArraySource, Case, DatasetInfo, SegmentationDataset, subset_cases, subset_seed,
                                  training_subset)
 
@@ -52,8 +48,10 @@ def open_dataset(data_config, *, depth: int = 4, progress: bool = True,
 
 
 def augment(rng, batch: dict, data_config) -> dict:
-    """Random flips, small rotation/scaling and intensity jitter; see :mod:`jaxfcn.data.augment`."""
-    return _augment_module.augment_batch(rng, batch, data_config)
+    """Random flips, small rotation/scaling and intensity jitter; see :mod:`jaxfcn.data.augmentation`."""
+    from jaxfcn.data.augmentation import augment_batch
+
+    return augment_batch(rng, batch, data_config)
 
 
 def load_volume_for_prediction(path, data_config, *, depth: int | None = None):

@@ -101,7 +101,7 @@ def cmd_fetch_msd(args) -> int:
 
 def cmd_show(args) -> int:
     from jaxfcn.data import builtin
-    from jaxfcn.data.montage import write_montage
+    from jaxfcn.plots.montage import write_montage
 
     import os
 

@@ -76,7 +76,8 @@ def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.checkpoint import save_snapshot, snapshot_manager
     from jaxfcn.train.integrity import sha256_file
-    from jaxfcn.train.loop import check_config, open_training_data, resolve_config
+    from jaxfcn.config_checks import check_config, resolve_config
+    from jaxfcn.train.loop import open_training_data
 
     check_config(config)
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):

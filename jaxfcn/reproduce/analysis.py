@@ -43,7 +43,7 @@ from collections import defaultdict
 import numpy as np
 
 from jaxfcn.analysis.features import POSITION_REGIONS
-from jaxfcn.reproduce import figures as figs
+from jaxfcn.plots import study as figs
 from jaxfcn.reproduce.grid import Run, task_label
 
 FILTER_REGIMES = ("random",)  # target regimes whose filters are tested (plus the source runs)
@@ -318,7 +318,7 @@ def prediction_examples(results, config, is_real) -> list:
     from jaxfcn.data import open_dataset
     from jaxfcn.models import build_model
     from jaxfcn.train.checkpoint import load_variables
-    from jaxfcn.train.predict import predict_volume
+    from jaxfcn.train.inference import predict_volume
     from jaxfcn.train.workdir import load_run_config
 
     examples = []

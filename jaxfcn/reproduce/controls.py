@@ -245,12 +245,12 @@ def _trained(workdir: str, steps: int) -> bool:
         return json.load(f).get("final_step") == steps
 
 
-def train_program(c, program: str, dataset, seed_inits: dict[int, str] | None) -> None:
+def train_program(c, program: str, dataset, seed_inits: dict[int, str] | None, programs=None) -> None:
     from jaxfcn.train.multiseed import program_seeds, train_seeds
 
     if all(_trained(_seed_dir(program, s), c.train.steps) for s in program_seeds(c.train)):
         return
-    train_seeds(c, program, dataset=dataset, progress=False, seed_inits=seed_inits)
+    train_seeds(c, program, dataset=dataset, programs=programs, progress=False, seed_inits=seed_inits)
 
 
 def open_data(config):
@@ -266,7 +266,7 @@ def materialise_start(config, control: Control, layout: Layout, dataset, seeds: 
     from jaxfcn.partition import transfer_params, zero_head
     from jaxfcn.train import checkpoint
     from jaxfcn.train import workdir as wd
-    from jaxfcn.train.loop import resolve_config
+    from jaxfcn.config_checks import resolve_config
     from jaxfcn.train.step import init_train_state
 
     base = control_config(config, control, None)
@@ -355,9 +355,12 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
     bar = tqdm(total=len(controls) + needs_source, desc="transfer controls", unit="program", disable=not progress,
                dynamic_ncols=True)
     timings = {}
+    from jaxfcn.train.programs import ProgramSet
+
+    programs = ProgramSet()  # controls of one architecture and training setting share their programs
     if needs_source:
         t0 = time.time()
-        train_program(src, layout.source, datasets[src.data.task], None)
+        train_program(src, layout.source, datasets[src.data.task], None, programs)
         timings["source"] = time.time() - t0
         bar.update(1)
     for control in controls:
@@ -365,7 +368,7 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
         bar.set_postfix_str(control.name)
         inits = start_runs(config, control, layout, target_data, seeds)
         c = control_config(config, control, inits[0] if inits else None)
-        train_program(c, layout.run(control.name), target_data, inits)
+        train_program(c, layout.run(control.name), target_data, inits, programs)
         for s in seeds:
             workdir = _seed_dir(layout.run(control.name), s)
             if not os.path.isfile(os.path.join(workdir, EVAL_SUMMARY_FILE)):
@@ -382,7 +385,7 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
                "diagnostics": diagnostics, "settings": settings(config, target_data), "timings_s": timings,
                "about": about(started)}
     add_comparisons(results)
-    from jaxfcn.reproduce.controls_figures import write_figures
+    from jaxfcn.plots.controls import write_figures
 
     figures = write_figures(results, os.path.join(out_dir, "figures"))
     write_json_atomic(os.path.join(out_dir, "results.json"), results)

@@ -19,7 +19,7 @@ readable MSD / nnU-Net folder (a missing MSD task's error says how to fetch it),
 every target must give the network as many input channels as the source (``data.channels``).
 
 Divergence never aborts the study. When a K-seed program stops on a non-finite loss
-(:class:`jaxfcn.train.loop.TrainingDiverged`), its seeds are resumed one at a time from their last
+(:class:`jaxfcn.train.run_files.TrainingDiverged`), its seeds are resumed one at a time from their last
 checkpoints, so the seed that diverges is found and the others finish; that seed gets ``diverged.json``
 in its workdir (step, message, date) and status ``"diverged"``. A transfer run whose source model
 diverged has status ``"source diverged"`` and is not trained. Both are recorded in ``results.json`` and the
@@ -140,12 +140,13 @@ def mark_diverged(run: Run, error: Exception) -> None:
 
 
 # ------------------------------------------------------------------------------------------ training
-def execute(condition: list[Run], config, datasets: dict) -> None:
+def execute(condition: list[Run], config, datasets: dict, programs=None) -> None:
     """Train (or resume) one condition's seeds together as one K-seed program, then evaluate each seed
     on the test split. Transfer seeds start from their own source run (``Run.source_workdir``). A
-    divergence is recorded, not raised (module docstring)."""
+    divergence is recorded, not raised (module docstring). ``programs``: the study's
+    :class:`~jaxfcn.train.programs.ProgramSet`, so conditions of one architecture share their programs."""
     from jaxfcn.train.evaluate import evaluate_run
-    from jaxfcn.train.loop import TrainingDiverged
+    from jaxfcn.train.run_files import TrainingDiverged
     from jaxfcn.train.multiseed import train_seeds
 
     first = condition[0]
@@ -161,26 +162,28 @@ def execute(condition: list[Run], config, datasets: dict) -> None:
         c.train.seed, c.train.num_seeds = first.seed, len(condition)
         seed_inits = {run.seed: run.source_workdir for run in condition if run.source_workdir}
         try:
-            train_seeds(c, program_dir(first), dataset=datasets[key], progress=False, seed_inits=seed_inits)
+            train_seeds(c, program_dir(first), dataset=datasets[key], programs=programs, progress=False,
+                        seed_inits=seed_inits)
             pending = []
         except TrainingDiverged:
             pass  # find the seed: each resumes alone below from its last checkpoint
     for run in pending:
-        _train_alone(run, config, datasets[key])
+        _train_alone(run, config, datasets[key], programs)
     for run in condition:
         if not is_done(run):
             evaluate_run(run.workdir, split="test", dataset=datasets[key], progress=False)
 
 
-def _train_alone(run: Run, config, dataset) -> None:
+def _train_alone(run: Run, config, dataset, programs=None) -> None:
     """Train (or resume) one seed of a condition in its own workdir, as ``jaxfcn train --seed s`` would;
     a divergence marks the run."""
-    from jaxfcn.train.loop import TrainingDiverged, train_and_evaluate
+    from jaxfcn.train.loop import train_and_evaluate
+    from jaxfcn.train.run_files import TrainingDiverged
     from jaxfcn.train.multiseed import seed_config
 
     try:
         train_and_evaluate(seed_config(run_config(config, run), run.seed), run.workdir, dataset=dataset,
-                           progress=False)
+                           programs=programs, progress=False)
     except TrainingDiverged as error:
         mark_diverged(run, error)
 
@@ -282,6 +285,9 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     runs = sources + targets
     datasets: dict = {}
+    from jaxfcn.train.programs import ProgramSet
+
+    programs = ProgramSet()  # built once per architecture and training setting, handed to every condition
     groups = conditions(runs)
     work = [condition_work(c, config) for c in groups]
     pending = [i for i, c in enumerate(groups) if not all(is_done(run) for run in c)]
@@ -295,7 +301,7 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     for i in pending:
         bar.set_postfix_str(f"conditions {finished}/{len(groups)}, now {condition_label(groups[i])}")
         t0 = time.time()
-        execute(groups[i], config, datasets)
+        execute(groups[i], config, datasets, programs)
         seconds = (time.time() - t0) / len(groups[i])
         for run in groups[i]:
             tqdm.write(_progress_line(run, seconds, len(groups[i])))

@@ -97,7 +97,9 @@ def add_program_arguments(p) -> None:
     g.add_argument("--seed-strategy", metavar="NAME",
                    help="how K seeds share a step: auto (CPU: unrolled; else vmap), vmap, per_seed, im2col, unrolled, map "
                         "(sets train.seed_strategy)")
-    g.add_argument("--parallel", choices=("auto", "none", "pmap", "sharding"),
+    from jaxfcn.train.parallel import PARALLEL_MODES
+
+    g.add_argument("--parallel", choices=PARALLEL_MODES,
                    help="data parallelism over devices; auto = sharding when >1 device (sets train.parallel)")
     g.add_argument("--devices", type=_positive_int, metavar="N", help="use the first N devices (default: all)")
     g = p.add_argument_group("multi-host (one process per host; see docs/multihost.md)")
@@ -121,8 +123,10 @@ def train_config_from_args(args):
     if args.freeze is not None:
         parts = "" if args.freeze.strip().lower() in ("", "none") else args.freeze
         for part in filter(None, parts.split(",")):
-            if part.strip() not in ("encoder", "decoder", "head"):
-                raise UserError(f"--freeze {args.freeze}: unknown part '{part}' (encoder, decoder, head)")
+            from jaxfcn.partition import PARTS
+
+            if part.strip() not in PARTS:
+                raise UserError(f"--freeze {args.freeze}: unknown part '{part}' ({', '.join(PARTS)})")
         flags.append(f"train.freeze={parts}")
     for flag, key in (("seed", "seed"), ("seeds", "num_seeds"), ("seed_strategy", "seed_strategy"),
                       ("parallel", "parallel")):
@@ -184,7 +188,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from jaxfcn.train.predict import predict_file
+    from jaxfcn.train.inference import predict_file
 
     report = predict_file(args.workdir, args.input, args.output, step=args.step, overlap=args.overlap)
     print(f"wrote {report['output']} {tuple(report['shape'])} (step {report['step']}, classes "

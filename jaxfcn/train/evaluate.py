@@ -2,7 +2,7 @@
 
 Every case of the split (whole preprocessed volumes on the canonical grid, from
 :meth:`~jaxfcn.data.dataset.SegmentationDataset.cases`) is segmented with
-:func:`jaxfcn.train.predict.predict_volume` (2D: slice by slice along each trained orientation, softmax
+:func:`jaxfcn.train.inference.predict_volume` (2D: slice by slice along each trained orientation, softmax
 averaged; 3D: sliding window), then scored with
 :func:`jaxfcn.train.metrics.case_metrics` in millimetres using the case's voxel spacing. The summary
 (``WORKDIR/summary.json`` by default) follows nnU-Net's: ``metric_per_case``, per-class ``mean`` and
@@ -28,7 +28,7 @@ def evaluate_run(workdir: str, split: str = "test", data: str | None = None, ste
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.checkpoint import load_variables
     from jaxfcn.train.metrics import case_metrics, json_safe, summarize
-    from jaxfcn.train.predict import DEFAULT_OVERLAP, make_probabilities_fn, predict_volume
+    from jaxfcn.train.inference import DEFAULT_OVERLAP, make_probabilities_fn, predict_volume
 
     config = copy.deepcopy(wd.load_run_config(workdir))
     trained_on = wd.load_dataset_info(workdir)

@@ -13,15 +13,15 @@ Each ``seed_<n>`` is exactly what a single run with ``--seed n`` writes, so ``ev
 in it resumes it.
 
 How: the K train states are stacked on a leading seed axis and the one-seed step of
-:func:`jaxfcn.train.step.train_step_function` is mapped over it (:func:`stacked_step_function`: the
-``train.seed_strategy`` of :mod:`jaxfcn.train.seeds`), in one compiled program per run. The loop, validation and files are those of one run
-(:func:`jaxfcn.train.loop.train_runs`), once per seed.
+:func:`jaxfcn.train.step.train_step_function` is mapped over it (the ``train.seed_strategy`` of
+:mod:`jaxfcn.train.seeds`), in one compiled program (:func:`jaxfcn.train.programs.build_programs` on a
+plan with K seeds). The loop, validation and files are those of one run (:func:`jaxfcn.train.loop.train_runs`),
+once per seed.
 
 Data order (``train.seed_data_order``): ``shared`` (default) gives every seed the batches of data seed 0,
 so seeds differ in initialisation and augmentation only, and member n equals the single run ``--seed n``
-up to floating-point summation order (the stacked step batches convolutions differently; measured on CPU
-after 6 Adam steps of the tiny test model: max |Δparam| 1.2e-7, asserted ≤ 1e-5 in
-``tests/test_multiseed.py``). ``independent`` gives seed n the batches of data seed n (as ``--seed n``
+up to floating-point summation order (the stacked step batches convolutions differently; asserted within
+1e-5 after 6 Adam steps in ``tests/test_multiseed.py``). ``independent`` gives seed n the batches of data seed n (as ``--seed n``
 alone would), stacked on the seed axis. With ``data.subset_per_seed`` seed n also trains on its own
 training subset (subset seed n), so the batches are stacked whatever the data order.
 
@@ -46,10 +46,11 @@ import numpy as np
 
 from jaxfcn.errors import UserError
 from jaxfcn.train import workdir as wd
-from jaxfcn.train.loop import RunFiles, check_config, data_seed, open_training_data, prepare_run, train_runs
+from jaxfcn.config_checks import check_config
+from jaxfcn.train.loop import data_seed, open_training_data, prepare_run, train_runs
+from jaxfcn.train.run_files import RunFiles
 
 MANIFEST_FILE = "seeds.json"
-FALLBACK_STRATEGIES = ("auto", "vmap")  # without jaxfcn.train.seeds
 MIN_KEEP = 2  # checkpoints each seed keeps (see "Resume" above)
 
 
@@ -71,45 +72,6 @@ def seed_config(config, seed: int, init: str | None = None):
 def program_seeds(train_config) -> list[int]:
     """Seeds ``train.seed … train.seed + train.num_seeds − 1``."""
     return list(range(int(train_config.seed), int(train_config.seed) + int(train_config.num_seeds)))
-
-
-def stacked_step_function(model, config, frozen_parts, *, shared_batch: bool, axis_name: str | None = None):
-    """The pure K-seed step ``(stacked state, batch) -> (stacked state, {"loss": (K,), "grad_norm": (K,)})``.
-
-    ``batch`` is one ``(B, ...)`` batch for all seeds (``shared_batch``) or ``(K, B, ...)``. The
-    formulation is ``train.seed_strategy`` of :mod:`jaxfcn.train.seeds`; without that module, the plain
-    ``jax.vmap`` of the one-seed step.
-    """
-    seeds = _seed_strategies()
-    if seeds is not None:
-        return seeds.stacked_step_function(model, config, frozen_parts, strategy=config.train.seed_strategy,
-                                           shared_batch=shared_batch, axis_name=axis_name)
-    import jax
-
-    from jaxfcn.train.step import train_step_function
-
-    resolve_strategy(config.train.seed_strategy)
-    step = train_step_function(model, config, frozen_parts, axis_name=axis_name)
-    return jax.vmap(step, in_axes=(0, None if shared_batch else 0))
-
-
-def resolve_strategy(strategy: str) -> str:
-    """The strategy ``strategy`` (``auto`` resolved) that runs; UserError for unknown names."""
-    seeds = _seed_strategies()
-    if seeds is not None:
-        return seeds.check_strategy(strategy)
-    if strategy not in FALLBACK_STRATEGIES:
-        raise UserError(f"--seed-strategy {strategy}: not one of {list(FALLBACK_STRATEGIES)}")
-    return "vmap"
-
-
-def _seed_strategies():
-    """:mod:`jaxfcn.train.seeds` if present (it owns the K-seed step formulations), else None."""
-    try:
-        from jaxfcn.train import seeds
-    except ImportError:
-        return None
-    return seeds if hasattr(seeds, "stacked_step_function") else None
 
 
 def shares_batches(datasets: list, data_seeds: list[int]) -> bool:
@@ -155,18 +117,21 @@ def resume_step(runs: list[RunFiles]) -> int | None:
     return max(common) if common else None
 
 
-def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, devices: int | None = None,
-                seed_inits: dict[int, str] | None = None) -> list[dict]:
+def train_seeds(config, workdir: str, *, dataset=None, programs=None, progress: bool = True,
+                devices: int | None = None, seed_inits: dict[int, str] | None = None) -> list[dict]:
     """Train (or resume) seeds ``train.seed … + train.num_seeds − 1`` together in ``workdir/seed_<n>``.
 
     ``seed_inits`` maps a seed to its own ``train.init`` (e.g. transfer from source seed n mod S); seeds
-    not in it use ``train.init``. The sources must share the architecture (checked per seed).
+    not in it use ``train.init``. The sources must share the architecture (checked per seed). ``programs``: a
+    :class:`~jaxfcn.train.programs.ProgramSet` shared with other programs (default: a new one).
     Returns the seeds' train summaries (as :func:`jaxfcn.train.loop.train_and_evaluate` does for one).
     """
     t = config.train
     if t.num_seeds < 1:
         raise UserError(f"--seeds {t.num_seeds}: must be at least 1")
-    strategy = resolve_strategy(t.seed_strategy)
+    from jaxfcn.train.seeds import check_strategy
+
+    strategy = check_strategy(t.seed_strategy)
     seeds = program_seeds(t)
     check_config(config)
     check_program_dir(workdir, seeds)
@@ -186,8 +151,7 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
                         seed_batches=not shares_batches(seed_datasets, data_seeds))
     plan.barrier("jaxfcn-checked")
 
-    from jaxfcn.models import build_model
-    from jaxfcn.train.step import make_eval_step
+    from jaxfcn.train.programs import ProgramSet
 
     if plan.primary:
         os.makedirs(workdir, exist_ok=True)
@@ -198,19 +162,16 @@ def train_seeds(config, workdir: str, *, dataset=None, progress: bool = True, de
             wd.create_workdir(seed_workdir(workdir, n), c, dataset.info)
     plan.barrier("jaxfcn-created")
 
-    model = build_model(run_config.model)
+    built = (programs if programs is not None else ProgramSet()).get(run_config, plan)
     runs = []
     try:
         for n, (c, _, init, _) in zip(seeds, prepared):
             runs.append(RunFiles(seed_workdir(workdir, n), c, init=init, keep=max(c.train.keep_checkpoints, MIN_KEEP),
                                  primary=plan.primary, label=f"seed {n}: "))
         step = resume_step(runs)
-        state = plan.place_state(plan.stack([run.initial_state(model, step) for run in runs]))
-        step_fn = stacked_step_function(model, run_config, tuple(t.freeze), shared_batch=not plan.seed_batches,
-                                        axis_name=plan.axis_name)
-        train_step = plan.compile_step(step_fn, state)
+        state = plan.place_state(plan.stack([run.initial_state(built, step) for run in runs]))
         return train_runs(
-            run_config, dataset, runs, plan, state, train_step, make_eval_step(model, run_config.model.num_classes),
+            run_config, dataset, runs, plan, state, built,
             batches=lambda start: stacked_batches(seed_datasets, t.batch_size, data_seeds, start),
             run_datasets=seed_datasets, progress=progress, summary_extra={
                 "parallel": plan.describe(),

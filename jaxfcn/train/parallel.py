@@ -249,32 +249,31 @@ class DevicePlan:
         return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *members)
 
 
-_UNSTACK_CACHE: dict = {}
-
-
 def _unstack_fn(plan: DevicePlan) -> Callable:
-    """One jitted program that slices every member out of a placed tree (cached per plan)."""
+    """One jitted program that slices every member out of a placed tree.
+
+    :func:`_unstack` with the plan's settings as static arguments and equal shardings, so JAX's jit cache
+    serves every call for an equal plan. Slicing needs no optimisation: it compiles fast (XLA:CPU otherwise
+    spends seconds on a big state tree). Sharding: replicated outputs (global arrays that every process can
+    save and evaluate).
+    """
     import jax
 
-    key = (plan.mode, plan.devices, plan.num_seeds, plan.mesh)
-    if key not in _UNSTACK_CACHE:
-        pmap = plan.mode == "pmap"
-        k = plan.num_seeds
+    from jaxfcn.train.step import fast_compile
 
-        def unstack(tree):
-            if pmap:
-                tree = jax.tree.map(lambda x: x[0], tree)  # every device holds the same copy
-            if not k:
-                return [tree]
-            return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+    program = jax.jit(_unstack, static_argnums=(1, 2), compiler_options=fast_compile(),
+                      out_shardings=plan._named() if plan.mode == "sharding" else None)
+    return lambda tree: program(tree, plan.mode == "pmap", plan.num_seeds)
 
-        # Sharding: replicated outputs (global arrays that every process can save and evaluate).
-        # Slicing needs no optimisation: compile fast (XLA:CPU otherwise spends seconds on a big state tree).
-        from jaxfcn.train.step import fast_compile
 
-        _UNSTACK_CACHE[key] = jax.jit(unstack, out_shardings=plan._named() if plan.mode == "sharding" else None,
-                                      compiler_options=fast_compile())
-    return _UNSTACK_CACHE[key]
+def _unstack(tree, pmap: bool, k: int) -> list:
+    import jax
+
+    if pmap:
+        tree = jax.tree.map(lambda x: x[0], tree)  # every device holds the same copy
+    if not k:
+        return [tree]
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
 
 
 def _global_arrays(tree, sharding):

@@ -14,19 +14,22 @@ that axis; all strategies compute the same numbers as K separate single-seed ste
 - ``unrolled``: the unchanged single-seed step written out K times in one program (a Python loop at
   trace time): no grouped convolutions and no loop, so every op is exactly the single-seed op, and
   XLA may run the K independent chains side by side. Compile time grows with K.
-- ``map``: ``jax.lax.map`` over seeds: a loop running the unchanged single-seed step K times. (On XLA:CPU
-  the convolutions inside the loop body measured ~20× slower than the same convolutions outside it.)
+- ``map``: ``jax.lax.map`` over seeds: a loop running the unchanged single-seed step K times.
 
 Batches: with ``seed_data_order == "shared"`` every seed sees the same batch (B, …); with
 ``"independent"`` the batch has a leading seed axis (K, B, …). Augmentation inside the step draws from each
 member's own key, as in single runs.
 
+Which strategy is fastest depends on the backend; ``--seed-strategy auto`` takes the measured choice of
+:func:`choose_seed_strategy` (the figures are in ``benchmarks/README.md``, "Many seeds"). A K-seed run is
+built by :func:`jaxfcn.train.programs.build_programs` on a plan with ``num_seeds=K``.
+
 Example::
 
-    strategy = choose_seed_strategy(jax.default_backend())          # what --seed-strategy auto picks
-    state = init_seed_states(model, config, seeds=range(8))          # (8, …) on every leaf
-    step = make_seeds_train_step(model, config, strategy=strategy)
-    state, metrics = step(state, batch)                              # metrics["loss"].shape == (8,)
+    plan = plan_devices("none", batch_size=8, num_seeds=8)            # jaxfcn.train.parallel
+    programs = build_programs(config, plan)                          # config.train.seed_strategy
+    state = plan.stack([programs.initial_state(s) for s in range(8)]) # (8, …) on every leaf
+    state, metrics = programs.train_step(plan.place_state(state), batch)   # metrics["loss"].shape == (8,)
     member_3 = unstack_state(state, 3)                               # an ordinary single-seed TrainState
 """
 from __future__ import annotations
@@ -44,13 +47,10 @@ SEED_STRATEGIES = ("vmap", "per_seed", "im2col", "unrolled", "map")
 # conv_impl each strategy runs the model with (None: the model's own).
 _CONV_IMPL = {"vmap": None, "per_seed": "per_seed", "im2col": "im2col", "unrolled": None, "map": None}
 
-# Measured choice per backend (benchmarks/README.md, "Many seeds"). CPU: unrolled ran K=8 seeds at 0.78x
-# (K=2: 0.84x) the per-seed cost of a single-seed step at batch 8, 128², base 16, and K=3 at 0.84x on the
-# quick study's small model; per_seed 0.93-1.26x, vmap's grouped convolutions 2.05x, lax.map ~20x. Its
-# compile time grows with K (27 s at K=2, 75 s at K=8 for that model): for K well above 8, per_seed
-# compiles faster. GPU (one H200, quick model 32², base 8): vmap 0.225x per seed at K=8, per_seed 0.27x,
-# unrolled 0.39x: vmap keeps one (grouped) kernel launch per layer instead of K, and cuDNN runs grouped
-# convolutions well. TPUs: not measured; vmap for the same reason.
+# The fastest strategy per backend in benchmarks/seeds.py (benchmarks/README.md, "Many seeds"). CPU:
+# unrolled, whose independent per-seed chains XLA:CPU runs side by side, while grouped convolutions have no
+# fast path there (its compile time grows with K; per_seed compiles faster for K well above 8). GPU: vmap,
+# one grouped kernel launch per layer instead of K. TPUs: not measured; vmap for the GPU's reason.
 _AUTO = {"cpu": "unrolled"}
 _AUTO_DEFAULT = "vmap"
 
@@ -118,40 +118,11 @@ def stacked_step_function(model, config, frozen_parts: Iterable[str] = (), *, st
     """The pure (unjitted) K-seed step of ``strategy`` built on :func:`jaxfcn.train.step.train_step_function`.
 
     ``(stacked state, batch) -> (stacked state, {"loss": (K,), "grad_norm": (K,)})``; ``axis_name`` is passed
-    to the single-seed step (pmap over devices). Callers jit, shard or pmap it.
+    to the single-seed step (pmap over devices). Callers jit, shard or pmap it
+    (:meth:`jaxfcn.train.parallel.DevicePlan.compile_step`).
     """
-    from jaxfcn.train.step import memoized, train_step_function
+    from jaxfcn.train.step import train_step_function
 
     strategy = check_strategy(strategy)
     model = model_for_strategy(model, strategy)
-    frozen_parts = tuple(frozen_parts)
-    return memoized("stacked_step", model, config, (frozen_parts, strategy, shared_batch, axis_name), lambda: stack_step(
-        train_step_function(model, config, frozen_parts, axis_name=axis_name), strategy, shared_batch))
-
-
-def make_seeds_train_step(model, config, frozen_parts: Iterable[str] = (), strategy: str = "auto",
-                          shared_batch: bool | None = None) -> Callable:
-    """The jitted K-seed version of :func:`jaxfcn.train.step.make_train_step` (``state`` is donated).
-
-    ``shared_batch`` defaults to ``config.train.seed_data_order == "shared"``. K is the leading axis of the
-    state passed in (one compilation per K).
-    """
-    if shared_batch is None:
-        shared_batch = config.train.seed_data_order == "shared"
-    step = stacked_step_function(model, config, frozen_parts, strategy=strategy, shared_batch=shared_batch)
-    from jaxfcn.models.layers import compiler_options
-
-    return jax.jit(step, donate_argnums=0, compiler_options=compiler_options())
-
-
-def init_seed_states(model, config, seeds: Iterable[int], frozen_parts: Iterable[str] = (), params=None) -> Any:
-    """Stacked initial states; member n equals ``init_train_state`` of a run with ``train.seed = seeds[n]``.
-
-    ``params`` (transfer learning) is shared by every member, as in single runs started from the same source.
-    """
-    from jaxfcn.train.step import init_train_state, seed_key
-
-    frozen_parts = tuple(frozen_parts)
-    keys = jnp.stack([seed_key(s) for s in seeds])
-    # One vmapped (hence one compiled) initialisation; threefry draws are the same batched or not.
-    return jax.vmap(lambda key: init_train_state(model, config, frozen_parts, params=params, rng=key))(keys)
+    return stack_step(train_step_function(model, config, frozen_parts, axis_name=axis_name), strategy, shared_batch)

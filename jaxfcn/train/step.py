@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any, Callable, Iterable
 
 import flax.struct
@@ -121,74 +120,35 @@ def init_train_state(model, config, frozen_parts: Iterable[str] = (), params=Non
     with the step number, which starts at 1 (so init and augmentation never share a key).
     """
     base = seed_key(config.train.seed) if rng is None else rng
-    return _init_program(model, config, tuple(frozen_parts))(base, params)
+    return init_program(model, config, frozen_parts)(base, params)
 
 
-# Config keys that differ between the runs of a study (or the seeds of a program) without changing any
-# program: the seed is an argument (the state's rng), the init source gives values, the task and training
-# subset give data. A study's conditions therefore share one traced step and one traced initialisation.
-PER_RUN_KEYS = {"train": ("seed", "num_seeds", "init", "init_step"), "data": ("task", "train_size")}
-_PROGRAMS: dict = {}
+def init_program(model, config, frozen_parts: Iterable[str] = ()) -> Callable:
+    """Jitted ``(rng, params) -> TrainState``: the initial state of a run whose base key is ``rng``
+    (:func:`seed_key`); ``params`` None draws fresh params from ``fold_in(rng, 0)``, else replaces them.
 
-
-def program_key(config) -> str:
-    """``config`` as JSON without the per-run keys (and without the study grid)."""
-    tree = {section: dict(values) for section, values in config.to_dict().items() if section != "study"}
-    for section, keys in PER_RUN_KEYS.items():
-        for key in keys:
-            tree.get(section, {}).pop(key, None)
-    return json.dumps(tree, sort_keys=True, default=list)
-
-
-def memoized(kind: str, model, config, extra: tuple, build: Callable[[], Callable]) -> Callable:
-    """The function ``build()`` made for (kind, model, config up to per-run keys, extra) in this process.
-
-    Rebuilding a jitted function or a closure for every run would retrace it (seconds per run on CPU);
-    reusing it lets JAX's own caches serve every run of the same architecture and settings.
+    The values are a deterministic function of (config, rng): this is the only path that initialises a
+    run. Compiled without XLA's expensive backend passes (:data:`FAST_COMPILE`): it runs once per run, and
+    optimising the initialisers' threefry/erfinv code costs XLA:CPU far more than it saves.
     """
-    key = (kind, model, program_key(config), extra)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = build()
-    return _PROGRAMS[key]
+    frozen_parts = check_parts(frozen_parts, "frozen part")
+    shape = input_shape(config.model, config.data, batch=1)
+    tx = make_optimizer(config.train, frozen_parts)
 
+    @functools.partial(jax.jit, compiler_options=fast_compile())
+    def init(rng, params):
+        variables = init_variables(model, jax.random.fold_in(jax.random.wrap_key_data(rng), 0), shape)
+        params = variables["params"] if params is None else params
+        return TrainState(params=params, opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+                          step=jnp.zeros((), jnp.int32), rng=rng)
 
-def clear_programs() -> None:
-    """Forget every memoized program, so the next request traces afresh.
-
-    For code that traces the same config under different layer formulations (``benchmarks/``); a run never
-    needs it.
-    """
-    _PROGRAMS.clear()
-
-
-def _init_program(model, config, frozen_parts: tuple) -> Callable:
-    def build():
-        shape = input_shape(config.model, config.data, batch=1)
-        tx = make_optimizer(config.train, frozen_parts)
-
-        # One jitted program (eager init compiles every small op separately), compiled without XLA's
-        # expensive backend optimisations: it runs once per run, and XLA:CPU needs ~10-30 s to optimise the
-        # threefry/erfinv code of the initialisers (measured: 7 s → 1.5 s for the tiny test model). The
-        # values are a deterministic function of (config, seed), since this is the only path that
-        # initialises a run.
-        @functools.partial(jax.jit, compiler_options=fast_compile())
-        def init(base, params):
-            variables = init_variables(model, jax.random.fold_in(jax.random.wrap_key_data(base), 0), shape)
-            params = variables["params"] if params is None else params
-            return TrainState(params=params, opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
-                              step=jnp.zeros((), jnp.int32), rng=base)
-
-        return init
-
-    return memoized("init", model, config, (frozen_parts,), build)
+    return init
 
 
 def _augmenter(data_config) -> Callable[[jax.Array, dict], dict]:
     if not data_config.augment:
         return lambda rng, batch: batch
-    # The data layer's pure, jittable augmentation. Imported from its module: once that module is loaded,
-    # the package attribute ``jaxfcn.data.augment`` is the submodule, not the function.
-    from jaxfcn.data.augment import augment_batch
+    from jaxfcn.data.augmentation import augment_batch  # the data layer's pure, jittable augmentation
 
     return lambda rng, batch: augment_batch(rng, batch, data_config)
 
@@ -216,11 +176,6 @@ def train_step_function(model, config, frozen_parts: Iterable[str] = (), axis_na
     behaviour), so only its running averages, averaged over devices, are shared.
     """
     frozen_parts = check_parts(frozen_parts, "frozen part")
-    return memoized("train_step", model, config, (frozen_parts, axis_name),
-                    lambda: _train_step_function(model, config, frozen_parts, axis_name))
-
-
-def _train_step_function(model, config, frozen_parts: tuple, axis_name: str | None):
     tx = make_optimizer(config.train, frozen_parts)
     augment = _augmenter(config.data)
     train_config = config.train
@@ -275,13 +230,16 @@ def _train_step_function(model, config, frozen_parts: tuple, axis_name: str | No
     return train_step
 
 
-@functools.lru_cache(maxsize=16)
 def make_eval_step(model, num_classes: int) -> Callable[[dict, dict], jax.Array]:
-    """Jitted ``(variables, batch) -> (K, 3)`` pooled counts of :func:`~jaxfcn.train.metrics.confusion_counts`
-    (one per model and class count in a process, so the runs of a study share its traces)."""
+    """Jitted ``(variables, batch) -> (K, 3)`` pooled counts of :func:`~jaxfcn.train.metrics.confusion_counts`.
 
-    def eval_step(variables, batch):
-        logits = model.apply(variables, batch["image"], train=False)
-        return confusion_counts(jnp.argmax(logits, -1), batch["label"], num_classes, batch.get("weight"))
+    The model and class count are static arguments of one module-level function, so every call with an
+    equal model (flax modules compare by value) shares JAX's jit cache: the runs of a study trace it once.
+    """
+    return functools.partial(jax.jit(_eval_counts, static_argnums=(0, 1), compiler_options=compiler_options()),
+                             model, num_classes)
 
-    return jax.jit(eval_step, compiler_options=compiler_options())
+
+def _eval_counts(model, num_classes: int, variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)
+    return confusion_counts(jnp.argmax(logits, -1), batch["label"], num_classes, batch.get("weight"))

@@ -24,7 +24,6 @@ Example::
 """
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import struct
@@ -57,16 +56,13 @@ def mode() -> str:
     return "off" if value in ("0", "off", "false", "no") else "scalars" if value == "scalars" else "all"
 
 
-@functools.lru_cache(maxsize=16)
-def _labels_fn(model):
-    """Jitted ``(variables, images) -> class indices`` (one per model in a process, like the eval step)."""
-    import jax
+def _labels(model, variables, images):
+    """Class indices of ``images``; jitted with the model static (one trace per model value, as the eval step)."""
     import jax.numpy as jnp
 
-    return jax.jit(lambda variables, x: jnp.argmax(model.apply(variables, x, train=False), -1))
+    return jnp.argmax(model.apply(variables, images, train=False), -1)
 
 
-@functools.lru_cache(maxsize=4)
 def _palette(num_classes: int) -> np.ndarray:
     """(K, 3) RGB in [0, 1]: black background, then the tab10/tab20 colours ``jaxfcn data show`` uses."""
     import matplotlib
@@ -154,10 +150,12 @@ class Board:
             label = batch["label"]
             order = np.argsort(-(label > 0).reshape(len(label), -1).sum(1), kind="stable")[:EXAMPLES]
             self._examples = batch["image"][order], label[order]
+        import jax
+
         from jaxfcn.models import build_model
 
         images, labels = self._examples
-        predicted = np.asarray(_labels_fn(build_model(self.config.model))(variables, images))
+        predicted = np.asarray(jax.jit(_labels, static_argnums=0)(build_model(self.config.model), variables, images))
         self.writer.add_image("val/predictions", prediction_image(images, labels, predicted,
                                                                   self.config.model.num_classes),
                               step, dataformats="HWC")

@@ -1,26 +1,12 @@
 """Figures of the analysis commands (matplotlib, Agg backend; every function writes one PNG and returns its path)."""
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+from jaxfcn.plots import pyplot as _pyplot
+from jaxfcn.plots import save as _save
 
 
 def heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, path: str,

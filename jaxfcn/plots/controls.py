@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from jaxfcn.analysis.plots import _pyplot, _save
+from jaxfcn.plots import pyplot as _pyplot
+from jaxfcn.plots import save as _save
 
 CURVE_GROUPS = {
     "what is transferred": ["random", "transfer", "transfer_encoder", "same_task", "same_task_fresh_head"],
