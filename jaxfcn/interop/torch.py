@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jaxfcn.models.layers import group_count  # the model's own rule, so the twin cannot drift from it
+
 # jax.nn name → torch function with JAX's default arguments.
 ACTIVATIONS = {
     "relu": F.relu,
@@ -73,14 +75,6 @@ def _model_config(config):
         raise ValueError("config.model.num_classes and in_channels must be resolved (> 0); take them from the "
                          "dataset or a workdir's config.json")
     return m
-
-
-def group_count(channels: int, groups: int) -> int:
-    """Flax-side rule of ``jaxfcn.models.layers.Norm``: the largest g ≤ min(groups, C) that divides C."""
-    g = min(groups, channels)
-    while channels % g:
-        g -= 1
-    return g
 
 
 def activation(name: str):

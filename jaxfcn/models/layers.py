@@ -185,6 +185,15 @@ class GroupNorm(nn.Module):
         return self.kernels.group_norm(x, scale, bias, self.groups, self.epsilon, self.relu).astype(self.dtype)
 
 
+def group_count(channels: int, groups: int) -> int:
+    """Groups of a group norm over ``channels`` for ``model.norm_groups = groups``: the largest g ≤
+    min(groups, channels) that divides ``channels`` (so any width works with any setting)."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
 class Norm(nn.Module):
     """group: GroupNorm(min(groups, C)); instance: one group per channel; batch: BatchNorm; none: identity.
 
@@ -205,9 +214,7 @@ class Norm(nn.Module):
     def __call__(self, x, train: bool):
         c = x.shape[-1]
         if self.kind in ("group", "instance"):
-            g = c if self.kind == "instance" else min(self.groups, c)
-            while c % g:
-                g -= 1
+            g = c if self.kind == "instance" else group_count(c, self.groups)
             # Named like flax's GroupNorm submodule so checkpoints and the PyTorch twin see the same tree.
             return GroupNorm(g, dtype=self.dtype, relu=self.relu, kernels=self.kernels, name="GroupNorm_0")(x)
         if self.kind == "batch":
