@@ -2,7 +2,9 @@
 per seed, and at the end the report's path and a one-line verdict summary.
 
 A tiny study (an MSD source, an nnU-Net target, one size, two regimes, two seeds: three conditions) runs
-through the CLI; a rerun finds every condition done, trains nothing and starts its bar full.
+through the CLI; a rerun finds every condition done, trains nothing and starts its bar full. Its TensorBoard
+event files lie one folder per seed inside the condition's folder, so `tensorboard --logdir` names every run
+by condition and seed, and the regex ``(.*)/seed_\d+`` groups the seeds of a condition.
 """
 from __future__ import annotations
 
@@ -106,3 +108,12 @@ def test_a_rerun_starts_full_and_trains_nothing(tiny, capsys):
     assert states and all("28/28 seed-steps" in s and "conditions 3/3" in s for s in states)
     assert "done  " not in captured.out + captured.err
     assert captured.out.strip().splitlines()[-1].startswith("claims: 1 ")
+
+
+def test_tensorboard_runs_are_named_by_condition_and_seed(tiny):
+    runs = {str(p.parent.relative_to(tiny["out"])) for p in tiny["out"].rglob("events.out.tfevents.*")}
+    conditions = {"source": (1000, 1001), "runs/Dataset002_Target/n1/random": (0, 1),
+                  "runs/Dataset002_Target/n1/transfer": (0, 1)}
+    assert runs == {f"{c}/seed_{s}" for c, seeds in conditions.items() for s in seeds}
+    # TensorBoard's "group runs by regex" keys a run by its capture groups: one group per condition
+    assert {re.fullmatch(r"(.*)/seed_\d+", run).group(1) for run in runs} == set(conditions)

@@ -54,9 +54,10 @@ class Run:
 
     @property
     def label(self) -> str:
+        """How progress lines name the run (a folder task by its folder name)."""
         if self.kind == "source":
-            return f"source {self.task} seed {self.seed}"
-        return f"{self.task} n={self.train_size or 'all'} {self.regime} seed {self.seed}"
+            return f"source {task_label(self.task)} seed {self.seed}"
+        return f"{task_label(self.task)} n={self.train_size or 'all'} {self.regime} seed {self.seed}"
 
 
 # Source run seeds are offset from the target seeds: with the same seed and architecture, source seed s and
