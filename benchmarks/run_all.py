@@ -28,7 +28,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import write_json  # noqa: E402
 
-SCRIPTS = ("input_pipeline", "train_step", "seeds", "devices", "cka", "torch_parity")
+# name: (script, its extra arguments)
+SCRIPTS = {"input_pipeline": ("input_pipeline", []), "train_step": ("train_step", []),
+           "train_step_3d": ("train_step", ["--dims", "3"]), "conv3d": ("conv3d", []), "seeds": ("seeds", []),
+           "devices": ("devices", []), "cka": ("cka", []), "torch_parity": ("torch_parity", [])}
 
 
 def gpu_present() -> bool:
@@ -42,14 +45,15 @@ def gpu_present() -> bool:
 
 
 def run_script(name: str, quick: bool, device: str, timeout: float, extra_env: dict | None = None) -> dict:
-    """Run ``benchmarks/<name>.py``; returns {"status", "seconds", "result"|"error", "log_tail"}."""
+    """Run the script of ``SCRIPTS[name]``; returns {"status", "seconds", "result"|"error", "log_tail"}."""
     env = dict(os.environ)
     if device == "cpu":
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     env.update(extra_env or {})
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, f"{name}.json")
-        cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", out] + (["--quick"] if quick else [])
+        script, extra = SCRIPTS[name]
+        cmd = [sys.executable, os.path.join(HERE, f"{script}.py"), "--json", out, *extra] + (["--quick"] if quick else [])
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -127,7 +131,7 @@ def main(argv=None) -> dict:
     runs: dict = {}
     for name in names:
         runs[name] = {}
-        if not os.path.isfile(os.path.join(HERE, f"{name}.py")):
+        if not os.path.isfile(os.path.join(HERE, f"{SCRIPTS[name][0]}.py")):
             runs[name] = {d: {"status": "missing"} for d in devices}
             print(f"[{name}] not present, skipped", flush=True)
             continue

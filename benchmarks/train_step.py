@@ -13,7 +13,8 @@ either side, constant learning rate). Sides, all in this process, interleaved pe
 
 Frozen-encoder steps: JAX differentiates only the trainable subtree; PyTorch sets ``requires_grad=False``
 on the encoder (no encoder backward either). Every side starts from the same converted weights, uses the
-same threads (``torch.set_num_threads(os.cpu_count())``; XLA uses every core), batch and precision.
+same threads (``torch.set_num_threads(len(os.sched_getaffinity(0)))``: every core this process may run on,
+as XLA uses; ``taskset -c 0 python …`` gives both sides one core), batch and precision.
 
 Reported: ms/step (median wall; CPU-time medians too), ``speedup_vs_torch`` = best PyTorch ms ÷ JAX ms,
 ``flops_fraction`` = achieved FLOP/s (XLA ``cost_analysis`` FLOPs of the lowered JAX step ÷ time) ÷ the
@@ -23,6 +24,12 @@ fp32 matmul FLOP/s measured in this run (the larger of JAX's and PyTorch's), and
     python benchmarks/train_step.py --quick        # 64², fewer rounds, no torch.compile (about 2 minutes)
     python benchmarks/train_step.py --dtype bfloat16 --json out.json
     python benchmarks/train_step.py --precision tf32 --profile   # on a GPU: TF32 on both sides, kernel profile
+    python benchmarks/train_step.py --dims 3 --size 32 --batch 2  # 3D: 32³ patches (default 3D setting)
+    python benchmarks/train_step.py --dims 3 --jax fast,plain     # JAX in two formulations (model.conv_impl)
+
+``--dims 3`` trains the 3D U-Net on (batch, size, size, size) patches (defaults: 32³, batch 2); PyTorch's
+channels_last side is then ``channels_last_3d``. ``--jax`` lists ``model.conv_impl`` values, each its own JAX
+side (``jax`` is the first, the others ``jax_<impl>``), interleaved with the rest.
 
 On a GPU both sides run there (``torch_device``), each timed call is 20 steps (a step is milliseconds), and
 ``--precision`` chooses full float32 (default) or TF32 tensor cores for both sides alike (``set_precision``).
@@ -43,14 +50,17 @@ TORCH_VARIANTS = ("nchw", "channels_last", "compile", "compile_cudagraphs")
 NUM_CLASSES = 4  # the built-in tissue task: background, CSF, grey matter, white matter
 
 
-def bench_config(size: int, batch: int, depth: int, base: int, dtype: str):
+def bench_config(size: int, batch: int, depth: int, base: int, dtype: str, dims: int = 2, conv_impl: str = "fast"):
     from jaxfcn.config import base_config
 
     c = base_config()
     c.model.depth, c.model.base_width = depth, base
     c.model.in_channels, c.model.num_classes = 1, NUM_CLASSES
     c.model.compute_dtype = dtype
+    c.model.spatial_dims = c.data.dims = dims
+    c.model.conv_impl = conv_impl
     c.data.slice_shape = (size, size)
+    c.data.patch_shape = (size, size, size)
     c.data.augment = False  # the twin has no augmentation; both sides compute exactly the same step
     c.train.batch_size = batch
     c.train.lr_schedule = "constant"
@@ -142,8 +152,11 @@ def torch_side(config, params, batch, frozen, steps, variant, device):
 
 def main(argv=None) -> dict:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--size", type=int, default=0, help="slice side (default 128; 64 with --quick)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2: slices; 3: cubic patches")
+    parser.add_argument("--size", type=int, default=0,
+                        help="slice or patch side (default 2D: 128, 64 with --quick; 3D: 32)")
+    parser.add_argument("--batch", type=int, default=0, help="default 8 in 2D, 2 in 3D")
+    parser.add_argument("--jax", default="fast", help="comma list of model.conv_impl values, one JAX side each")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--base", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -156,7 +169,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch", default="", help="comma list of nchw,channels_last,compile,compile_cudagraphs "
                         "(default: the first three; without compile with --quick)")
     args = parser.parse_args(argv)
-    size = args.size or (64 if args.quick else 128)
+    size = args.size or (32 if args.dims == 3 else 64 if args.quick else 128)
+    args.batch = args.batch or (2 if args.dims == 3 else 8)
+    from jaxfcn.models.fast_ops import CONV_IMPLS
+
+    impls = [i for i in args.jax.split(",") if i]
+    if not impls or set(impls) - set(CONV_IMPLS):
+        parser.error(f"--jax {args.jax}: choose from {', '.join(CONV_IMPLS)}")
     rounds = args.rounds or (3 if args.quick else 7)
     variants = [v for v in (args.torch or ("nchw,channels_last" if args.quick else "nchw,channels_last,compile"))
                 .split(",") if v]
@@ -167,20 +186,24 @@ def main(argv=None) -> dict:
     import numpy as np
     import torch
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     device = torch_device()
     set_precision(args.precision)
     steps = args.steps or {(False, "cpu"): 3, (True, "cpu"): 2, (False, "cuda"): 20, (True, "cuda"): 10}[
         (args.quick, device)]
-    config = bench_config(size, args.batch, args.depth, args.base, args.dtype)
+    config = bench_config(size, args.batch, args.depth, args.base, args.dtype, args.dims, impls[0])
     rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((args.batch, size, size, 1), dtype=np.float32),
-             "label": rng.integers(0, NUM_CLASSES, (args.batch, size, size)).astype(np.int32)}
+    spatial = (size,) * args.dims
+    batch = {"image": rng.standard_normal((args.batch, *spatial, 1), dtype=np.float32),
+             "label": rng.integers(0, NUM_CLASSES, (args.batch, *spatial)).astype(np.int32)}
 
     fns, flops, errors = {}, {}, {}
     for regime, frozen in (("full", ()), ("frozen", ("encoder",))):
         run, flops[regime], params = jax_side(config, batch, frozen, steps)
         fns[f"{regime}/jax"] = run
+        for impl in impls[1:]:
+            other = bench_config(size, args.batch, args.depth, args.base, args.dtype, args.dims, impl)
+            fns[f"{regime}/jax_{impl}"] = jax_side(other, batch, frozen, steps)[0]
         for variant in variants:
             name = f"{regime}/torch_{variant}"
             try:
@@ -210,6 +233,7 @@ def main(argv=None) -> dict:
     regimes = {}
     for regime in ("full", "frozen"):
         torch_ms = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith(regime + "/torch_")}
+        jax_impls_ms = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith(regime + "/jax_")}
         best = min(torch_ms, key=torch_ms.get) if torch_ms else None
         jax_ms = ms[f"{regime}/jax"]
         # Paired per round (neighbouring measurements share the machine's load): median of torch/JAX ratios.
@@ -217,6 +241,7 @@ def main(argv=None) -> dict:
                                                              times[f"{regime}/jax"]["wall"])) for k in torch_ms}
         regimes[regime] = {
             "jax_ms": jax_ms,
+            "jax_other_impls_ms": jax_impls_ms,
             "paired_speedup_vs_torch": paired,
             "torch_ms": torch_ms,
             "best_torch": best,
@@ -229,7 +254,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train_step",
         "machine": machine_info(),
-        "config": {"batch": args.batch, "size": size, "depth": args.depth, "base_width": args.base,
+        "config": {"batch": args.batch, "size": size, "dims": args.dims, "conv_impl": impls,
+                   "depth": args.depth, "base_width": args.base,
                    "dtype": args.dtype, "precision": args.precision if device == "cuda" else "fp32",
                    "classes": NUM_CLASSES, "optimizer": "adam", "rounds": rounds,
                    "steps_per_call": steps, "torch_device": device, "torch_threads": torch.get_num_threads(),
@@ -267,7 +293,8 @@ def main(argv=None) -> dict:
 
 def print_table(r: dict) -> None:
     c = r["config"]
-    print(f"train step: batch {c['batch']}, {c['size']}², depth {c['depth']}, base {c['base_width']}, {c['dtype']} "
+    print(f"train step: batch {c['batch']}, {c['size']}{'³' if c['dims'] == 3 else '²'}, depth {c['depth']}, "
+          f"base {c['base_width']}, {c['dtype']}, JAX conv_impl {','.join(c['conv_impl'])} "
           f"({c['precision']} products), "
           f"{r['machine']['backend']} {r['machine']['device']} ({r['machine']['cpus']} cpus, torch threads {c['torch_threads']}); "
           f"medians of {c['rounds']} rounds × {c['steps_per_call']} steps")
