@@ -75,14 +75,16 @@ VARIANTS = {
 QUICK_VARIANTS = ("plain_eigen_ynn_reduce", "eigen_ynn_reduce", "default")
 
 
-def bench_config(size: int = 128, batch: int = 8, depth: int = 4, base: int = 16, classes: int = 4):
-    """The benchmark config: 2D, 1 input channel, ``classes`` classes, no augmentation, Adam."""
+def bench_config(size: int = 128, batch: int = 8, depth: int = 4, base: int = 16, classes: int = 4, dims: int = 2):
+    """The benchmark config: ``dims``-D (size² slices or size³ patches), 1 input channel, ``classes`` classes,
+    no augmentation, Adam."""
     from jaxfcn.config import base_config
 
     c = base_config()
     c.model.in_channels, c.model.num_classes = 1, classes
     c.model.depth, c.model.base_width = depth, base
-    c.data.slice_shape = (size, size)
+    c.model.spatial_dims = c.data.dims = dims
+    c.data.slice_shape, c.data.patch_shape = (size,) * 2, (size,) * 3
     c.data.augment = False
     c.train.batch_size = batch
     return c
@@ -92,7 +94,8 @@ def synthetic_batch(config, seed: int = 0) -> dict:
     import jax
 
     k1, k2 = jax.random.split(jax.random.key(seed))
-    shape = (config.train.batch_size, *config.data.slice_shape)
+    spatial = config.data.slice_shape if config.model.spatial_dims == 2 else config.data.patch_shape
+    shape = (config.train.batch_size, *spatial)
     return {"image": jax.random.normal(k1, shape + (config.model.in_channels,)),
             "label": jax.random.randint(k2, shape, 0, config.model.num_classes)}
 

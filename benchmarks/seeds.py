@@ -9,6 +9,7 @@ compilation. Per-seed time = K-seed step time / K; the reported ratio is the med
     python benchmarks/seeds.py                     # batch 8, 128², depth 4, base 16, fp32 (the README table)
     python benchmarks/seeds.py --quick             # 32², depth 3, base 8, K = 8, vmap/per_seed/unrolled, 3 rounds
     python benchmarks/seeds.py --strategies per_seed,vmap --ks 1,8 --rounds 7 --json out.json
+    python benchmarks/seeds.py --dims 3 --ks 4          # the 3D U-Net (16³ patches, batch 2, depth 3, base 8)
 """
 from __future__ import annotations
 
@@ -94,6 +95,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", help="comma-separated K values (default 1,2,4,8; quick 8)")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--frozen-encoder", action="store_true")
+    parser.add_argument("--dims", type=int, default=2, choices=(2, 3),
+                        help="3: the 3D U-Net on 16³ patches, batch 2, depth 3, base 8 (with or without --quick)")
     args = parser.parse_args(argv)
 
     import jax
@@ -101,7 +104,9 @@ def main(argv=None) -> dict:
     from conv_strategies import bench_config, machine
     from jaxfcn.train.seeds import SEED_STRATEGIES, choose_seed_strategy
 
-    if args.quick:
+    if args.dims == 3:
+        config = bench_config(size=16, batch=2, depth=3, base=8, dims=3)
+    elif args.quick:
         config = bench_config(size=32, batch=4, depth=3, base=8)
     else:
         config = bench_config()
@@ -113,7 +118,7 @@ def main(argv=None) -> dict:
     frozen = ("encoder",) if args.frozen_encoder else ()
     result = {"benchmark": "seeds", "machine": machine(), "rounds": rounds, "frozen": list(frozen),
               "auto": choose_seed_strategy(jax.default_backend()),
-              "config": {"batch": config.train.batch_size, "size": config.data.slice_shape[0],
+              "config": {"batch": config.train.batch_size, "size": config.data.slice_shape[0], "dims": args.dims,
                          "depth": config.model.depth, "base_width": config.model.base_width, "dtype": "float32"}}
     print(json.dumps(result["machine"]))
     result.update(measure(config, strategies, ks, rounds, frozen))

@@ -65,8 +65,15 @@ def _depth_into_output_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
     kd, out = kernel.shape[0], kernel.shape[-1]
     folded = jnp.moveaxis(kernel, 0, 3).reshape(*kernel.shape[1:3], c, kd * out)
     z = _conv2d(x.reshape(n * d, h, w, c), folded).reshape(n, d, h, w, kd, out)
-    zp = jnp.pad(z, ((0, 0), _depth_padding(kd), (0, 0), (0, 0), (0, 0), (0, 0)))
-    return sum(zp[:, k:k + d, :, :, k] for k in range(kd))
+    # Each block placed by a slice and a pad of that slice (not a slice of one padded z): XLA fuses these
+    # pads into the sum, where a padded copy of z would be written out first.
+    low = _depth_padding(kd)[0]
+    terms = []
+    for k in range(kd):
+        shift = k - low  # y[i] += z_k[i + shift] where 0 <= i + shift < d
+        block = z[:, max(shift, 0):d + min(shift, 0), :, :, k]
+        terms.append(jnp.pad(block, ((0, 0), (max(-shift, 0), max(shift, 0)), (0, 0), (0, 0), (0, 0))))
+    return sum(terms)
 
 
 @jax.custom_vjp
