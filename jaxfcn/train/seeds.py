@@ -4,7 +4,7 @@ A K-seed state is the single-seed :class:`~jaxfcn.train.step.TrainState` with ev
 leading axis of size K (member n is seed S+n). A strategy says how the single-seed step is mapped over
 that axis; all strategies compute the same numbers as K separate single-seed steps (tested):
 
-- ``vmap``: ``jax.vmap`` of the step, convolutions as written (``model.conv_impl``, default ``xla``).
+- ``vmap``: ``jax.vmap`` of the step, convolutions as written (``model.conv_impl``, default ``fast``).
   JAX batches a convolution over per-seed kernels into one *grouped* convolution.
 - ``per_seed``: ``jax.vmap`` of the step with ``conv_impl="per_seed"``: every convolution (forward,
   input- and kernel-gradient) is one plain convolution per seed; everything else (norms, activations,
