@@ -73,3 +73,21 @@ def test_kill_and_resume_is_bitwise(tmp_path):
     steps = [json.loads(line)["step"] for line in open(os.path.join(killed, "metrics.jsonl"))]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicated records after the resume
     assert max(checkpoint_steps(killed)) == STEPS
+
+
+def test_a_workdir_written_with_conv_impl_xla_still_resumes_and_evaluates(tmp_path):
+    """Workdirs of earlier versions say model.conv_impl = "xla" (renamed "fast"): they resume, not refuse."""
+    config = write_tiny_config(tmp_path / "tiny.py", train__steps=4, train__checkpoint_every=2, train__eval_every=2,
+                               train__log_every=2, train__snapshot_steps="log:2")
+    workdir = str(tmp_path / "old")
+    assert main(["train", "--config", config, "--workdir", workdir, "--no-progress"]) == 0
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    assert saved["model"]["conv_impl"] == "fast"
+    saved["model"]["conv_impl"] = "xla"  # as an earlier version wrote it
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert main(["train", "--config", config, "--workdir", workdir, "--no-progress",
+                 "--set", "train.steps=6"]) == 2  # a real difference is still refused
+    assert main(["train", "--config", config, "--workdir", workdir, "--no-progress"]) == 0
+    assert main(["evaluate", "--workdir", workdir, "--no-progress"]) == 0

@@ -83,8 +83,14 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Values that earlier versions wrote under a name since changed, read as today's name, so their workdirs
+# still resume, evaluate and transfer: conv_impl "xla" computed exactly what "fast" computes now.
+RENAMED_VALUES = {("model", "conv_impl"): {"xla": "fast"}}
+
+
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
-    """Rebuild a ConfigDict from JSON data on top of :func:`base_config` (lists back to tuples)."""
+    """Rebuild a ConfigDict from JSON data on top of :func:`base_config` (lists back to tuples; values of
+    :data:`RENAMED_VALUES` under their current name)."""
     config = base_config()
     for section, values in data.items():
         if section not in config:
@@ -94,6 +100,7 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
                 raise ValueError(f"unknown config key '{section}.{key}'")
             if isinstance(config[section][key], tuple):
                 value = tuple(value)
+            value = RENAMED_VALUES.get((section, key), {}).get(value, value) if isinstance(value, str) else value
             config[section][key] = value
     return config
 
