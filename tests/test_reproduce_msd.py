@@ -8,9 +8,10 @@ MSD tasks' label names. ``$JAXFCN_MSD_DIR`` points at them, as after ``jaxfcn da
 
 Checked: report.md and results.json exist; every run trained on the subjects it says (its training set has
 exactly ``train_size`` distinct cases, all of the source's for a source run) and on the channel
-``data.channels`` picks for its task; picking channel 1 of the four-contrast folder prepares the same examples as
-a folder holding that contrast alone; a missing task folder, a malformed one, a channel the folder lacks and
-a source/target channel mismatch each stop the study before anything is written, in one line naming it.
+``data.channels`` picks for its task; picking channel 1 of the four-contrast folder prepares the same examples
+as a folder holding that contrast alone, for training and for prediction; a missing task folder, a malformed
+one, a channel the folder lacks, a source/target channel mismatch and a training-set size larger than a
+target's training cases each stop the study before anything is written, in one line naming it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pytest
 
 from jaxfcn.cli import main
 from jaxfcn.config import load_config
-from jaxfcn.data import builtin, open_dataset, subset_seed
+from jaxfcn.data import builtin, load_volume_for_prediction, open_dataset, subset_seed
 from jaxfcn.data.msd_fetch import DIR_ENV
 from jaxfcn.train.workdir import load_dataset_info, load_run_config
 
@@ -152,6 +153,12 @@ def test_channel_one_of_four_prepares_what_a_t1_folder_prepares(msd, tmp_path):
     indices = np.arange(a.num_examples("train"))
     assert a.num_examples("train") == b.num_examples("train") > 0
     np.testing.assert_array_equal(a.sources["train"].take(indices)["image"], b.sources["train"].take(indices)["image"])
+    # and `jaxfcn predict` feeds a model the channel it was trained on
+    case = data_fixtures.CASES[2][0]  # stored with permuted axes
+    (four, _), (one, _) = (load_volume_for_prediction(folder / "imagesTr" / f"{folder.name}_{case}.nii.gz", d, depth=2)
+                           for folder, d in ((msd / SOURCE, picked), (t1_only, alone)))
+    assert four.shape[-1] == 1
+    np.testing.assert_array_equal(four, one)
 
 
 def test_a_missing_task_folder_is_named_with_the_command_that_fetches_it(msd, tmp_path, capsys):
@@ -169,12 +176,14 @@ def test_a_missing_task_folder_is_named_with_the_command_that_fetches_it(msd, tm
     ("data.channels=Task01_BrainTumour=7", "Task01_BrainTumour/dataset.json has 4 channel(s), indices 0..3"),
     ("data.channels=Task01_BrainTumour=T1w", "'T1w' is not channel indices such as 1 or 0,2"),
     ("data.channels=Task01_BrainTumour", "data.channels='Task01_BrainTumour': 'Task01_BrainTumour' is not channel"),
+    ("study.train_sizes=(1, 3)", "study.train_sizes: 3 subjects, but Task04_Hippocampus has 2 training cases "
+                                 "(fold 0 of 2); use sizes up to 2, or 0 for all"),
 ])
-def test_bad_channels_stop_the_study_in_one_line_before_anything_is_written(msd, tmp_path, capsys, setting,
+def test_bad_settings_stop_the_study_in_one_line_before_anything_is_written(msd, tmp_path, capsys, setting,
                                                                             message):
     out = tmp_path / "out"
     assert _reproduce("reproduce_msd.py", out, "--targets", str(msd / HIPPOCAMPUS), str(msd / PROSTATE),
-                      "--set", setting) == 2
+                      "--set", "study.train_sizes=(1, 2)", "--set", setting) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()

@@ -22,26 +22,11 @@ from jaxfcn.reproduce.study import condition_work, verdict_line
 
 sys.path.insert(0, str(Path(__file__).parent))
 import data_fixtures  # noqa: E402
+from test_reproduce_study import CONFIG  # noqa: E402
 
-CONFIG = '''
-from jaxfcn.config import base_config
-
-
-def get_config():
-    c = base_config()
-    c.model.depth, c.model.base_width, c.model.norm_groups = 2, 4, 2
-    c.data.spacing, c.data.slice_shape, c.data.num_folds = 6.0, (32, 32), 2
-    c.train.batch_size, c.train.learning_rate = 4, 3e-3
-    c.train.eval_every, c.train.log_every, c.train.checkpoint_every, c.train.val_batches = 2, 2, 100, 1
-    c.train.snapshot_steps = "log:2"
-    c.study.train_sizes = (1,)
-    c.study.regimes = ("random", "transfer")
-    c.study.seeds = 2
-    c.study.source_steps, c.study.target_steps = 6, 4
-    c.study.probe_images = 6
-    c.study.cka_permutations = 20
-    return c
-'''
+# test_reproduce_study's tiny grid (2 levels of width 4, 32² slices, 6 source / 4 target steps), smaller still
+SMALLER = ["study.train_sizes=(1,)", "study.regimes=('random', 'transfer')", "study.seeds=2",
+           "study.cka_permutations=20"]
 
 
 def test_conditions_are_weighed_by_steps_times_seeds(tmp_path):
@@ -72,7 +57,8 @@ def tiny(tmp_path_factory):
     config.write_text(CONFIG)
     with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)):
         yield {"out": root / "out", "args": ["reproduce", "--config", str(config), "--out", str(root / "out"),
-                                             "--source", str(source), "--targets", str(target)]}
+                                             "--source", str(source), "--targets", str(target),
+                                             *[a for item in SMALLER for a in ("--set", item)]]}
 
 
 def _bar_states(stderr: str) -> list[str]:
