@@ -142,3 +142,16 @@ def cache_env(root: Path):
             os.environ.pop("JAXFCN_CACHE")
         else:
             os.environ["JAXFCN_CACHE"] = old
+
+
+@contextlib.contextmanager
+def study_folders(tmp_path_factory, name: str, config_text: str):
+    """A one-channel MSD source, an nnU-Net target and a study config file under a fresh folder, with the
+    session's ``$JAXFCN_CACHE`` set while the context lasts: ``{"root", "config", "source", "target"}``."""
+    root = tmp_path_factory.mktemp(name)
+    source = write_msd(root / "Task01_Source", channels=1)
+    target = write_nnunet(root / "Dataset002_Target")
+    config = root / "grid.py"
+    config.write_text(config_text)
+    with cache_env(session_cache(tmp_path_factory)):
+        yield {"root": root, "config": config, "source": source, "target": target}

@@ -4,13 +4,17 @@ per seed, and at the end the report's path and a one-line verdict summary.
 A tiny study (an MSD source, an nnU-Net target, one size, two regimes, two seeds: three conditions) runs
 through the CLI; a rerun finds every condition done, trains nothing and starts its bar full. Its TensorBoard
 event files lie one folder per seed inside the condition's folder, so `tensorboard --logdir` names every run
-by condition and seed, and the regex ``(.*)/seed_\d+`` groups the seeds of a condition.
+by condition and seed, and the regex ``(.*)/seed_\\d+`` groups the seeds of a condition. The study runs once,
+in the module's fixture, so every test sees it whichever xdist worker runs it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -50,15 +54,14 @@ def test_verdict_line_lists_every_claim_in_order():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progress")
-    source = data_fixtures.write_msd(root / "Task01_Source", channels=1)
-    target = data_fixtures.write_nnunet(root / "Dataset002_Target")
-    config = root / "grid.py"
-    config.write_text(CONFIG)
-    with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)):
-        yield {"out": root / "out", "args": ["reproduce", "--config", str(config), "--out", str(root / "out"),
-                                             "--source", str(source), "--targets", str(target),
-                                             *[a for item in SMALLER for a in ("--set", item)]]}
+    with data_fixtures.study_folders(tmp_path_factory, "progress", CONFIG) as f:
+        out = f["root"] / "out"
+        args = ["reproduce", "--config", str(f["config"]), "--out", str(out), "--source", str(f["source"]),
+                "--targets", str(f["target"]), *[a for item in SMALLER for a in ("--set", item)]]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(args)
+        yield {"out": out, "args": args, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def _bar_states(stderr: str) -> list[str]:
@@ -66,9 +69,9 @@ def _bar_states(stderr: str) -> list[str]:
     return [s.strip() for s in re.split(r"[\r\n]", stderr) if s.strip().startswith("study ")]
 
 
-def test_final_lines_name_the_report_and_every_verdict(tiny, capsys):
-    assert main(tiny["args"]) == 0
-    captured = capsys.readouterr()
+def test_final_lines_name_the_report_and_every_verdict(tiny):
+    assert tiny["code"] == 0, tiny["stderr"][-2000:]
+    captured = types.SimpleNamespace(out=tiny["stdout"], err=tiny["stderr"])
     results = json.loads((tiny["out"] / "results.json").read_text())
     lines = captured.out.strip().splitlines()
     assert lines[-2] == f"report: {tiny['out'] / 'report.md'}" and (tiny["out"] / "report.md").is_file()

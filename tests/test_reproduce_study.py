@@ -58,13 +58,8 @@ def _reproduce(out, config, source, target, *extra) -> int:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    source = data_fixtures.write_msd(root / "Task01_Source", channels=1)
-    target = data_fixtures.write_nnunet(root / "Dataset002_Target")
-    config = root / "grid.py"
-    config.write_text(CONFIG)
-    with data_fixtures.cache_env(data_fixtures.session_cache(tmp_path_factory)):
-        yield {"root": root, "config": config, "source": source, "target": target}
+    with data_fixtures.study_folders(tmp_path_factory, "study", CONFIG) as folders:
+        yield folders
 
 
 @pytest.fixture(scope="module")
