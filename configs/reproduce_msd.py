@@ -29,7 +29,9 @@ Result: not run here (the build machine has no network, so no MSD task); its end
 MSD-shaped folders (tests/test_reproduce_msd.py). Preparing Task01_BrainTumour reads 484 four-channel
 volumes once (cached under `$JAXFCN_CACHE/prepared`).
 """
-from jaxfcn.config import base_config
+import os
+
+from jaxfcn.config import load_config
 from jaxfcn.data.msd_fetch import task_folder
 
 SOURCE = "Task01_BrainTumour"
@@ -37,32 +39,19 @@ TARGETS = ("Task04_Hippocampus", "Task02_Heart", "Task05_Prostate")
 
 
 def get_config():
-    c = base_config()
-    c.model.depth = 4
-    c.model.base_width = 16
+    # The GPU training recipe of the full grid (model, optimiser, budgets, logging), on MSD tasks.
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "reproduce_full.py"))
     c.model.norm_groups = 8
     c.data.channels = f"{SOURCE}=1,Task05_Prostate=0"  # one contrast per task (docstring)
     c.data.split = "kfold"  # MSD folders: a fixed test set, then data.num_folds folds (fold 0 validates)
     c.data.spacing = 1.5
     c.data.orientations = ("axial",)  # Task05_Prostate's 3.6 mm slices make other orientations blurry
-    c.data.slice_shape = (128, 128)
     c.data.subset_per_seed = True
     c.data.foreground_batch_fraction = 0.5  # small structures (hippocampus, atrium) in half of every batch
-    c.train.batch_size = 8
-    c.train.learning_rate = 1e-3
-    c.train.eval_every = 100
-    c.train.log_every = 50
-    c.train.checkpoint_every = 500
-    c.train.val_batches = 8
     c.train.checkpoint_best = False  # the study evaluates final models
-    c.train.snapshot_steps = "log:8"
     c.study.grid = "msd"
     c.study.source = task_folder(SOURCE)
     c.study.targets = tuple(task_folder(t) for t in TARGETS)
     c.study.train_sizes = (1, 3, 6, 12)
     c.study.regimes = ("random", "transfer", "frozen_random")
-    c.study.seeds = 5
-    c.study.source_steps = 4000
-    c.study.target_steps = 2000
-    c.study.probe_images = 64
     return c

@@ -158,6 +158,13 @@ def _channels_to_seed(a: jax.Array, axis_size: int) -> jax.Array:
     return jnp.moveaxis(a.reshape(*a.shape[:-1], axis_size, -1), -2, 0)
 
 
+def _seeds_into_batch(fn, axis_size, x, kernel):
+    """``fn`` batched over seeds when only ``x`` carries them: the seed axis folds into the batch axis, so
+    one convolution with the shared kernel serves every seed."""
+    y = fn(x.reshape(-1, *x.shape[2:]), kernel)
+    return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+
 @jax.custom_batching.custom_vmap
 def _conv_forward(x, kernel):
     return fast_conv(x, kernel)
@@ -167,8 +174,7 @@ def _conv_forward(x, kernel):
 def _conv_forward_vmap(axis_size, in_batched, x, kernel):
     x_batched, kernel_batched = in_batched
     if x_batched and not kernel_batched:
-        y = _conv_forward(x.reshape(-1, *x.shape[2:]), kernel)
-        return y.reshape(axis_size, -1, *y.shape[1:]), True
+        return _seeds_into_batch(_conv_forward, axis_size, x, kernel)
     if kernel_batched and not x_batched:
         return _channels_to_seed(_conv_forward(x, _seed_to_channels(kernel)), axis_size), True
     return _one_per_seed(_conv_forward, axis_size, in_batched, (x, kernel))
@@ -184,8 +190,7 @@ def _conv_input_grad(dy, kernel):
 def _conv_input_grad_vmap(axis_size, in_batched, dy, kernel):
     dy_batched, kernel_batched = in_batched
     if dy_batched and not kernel_batched:
-        dx = _conv_input_grad(dy.reshape(-1, *dy.shape[2:]), kernel)
-        return dx.reshape(axis_size, -1, *dx.shape[1:]), True
+        return _seeds_into_batch(_conv_input_grad, axis_size, dy, kernel)
     return _one_per_seed(_conv_input_grad, axis_size, in_batched, (dy, kernel))
 
 
