@@ -11,7 +11,8 @@ Definition: for each width w in ``widths`` (the model's ``base_width``; deeper l
 the study's architecture), ``seeds`` networks are initialised with ``jax.random.key(SEED_OFFSET + i)``,
 i = 0…seeds−1, their features on ``images`` are taken with :func:`jaxfcn.analysis.features.extract_features`
 (``feature_options``: the study's convention), and the value per layer is the mean of CKA (``debiased``)
-over all seeds·(seeds−1)/2 pairs. ``norm_groups`` is capped at the width so every width is a valid model.
+over all seeds·(seeds−1)/2 pairs. Narrow widths stay valid models: group norm takes the largest group count
+that divides the channels (:func:`jaxfcn.models.layers.group_count`).
 
 Example::
 
@@ -50,7 +51,6 @@ def untrained_cka_by_width(model_config, images: np.ndarray, widths: Sequence[in
     for width in widths:
         config = model_config.copy_and_resolve_references()
         config.base_width = int(width)
-        config.norm_groups = min(int(config.norm_groups), int(width))
         model = build_model(config)
         grams = []
         for i in range(seeds):

@@ -235,20 +235,11 @@ def _seed_dir(program: str, seed: int) -> str:
     return seed_workdir(program, seed)
 
 
-def _trained(workdir: str, steps: int) -> bool:
-    from jaxfcn.train.workdir import TRAIN_SUMMARY_FILE
-
-    path = os.path.join(workdir, TRAIN_SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("final_step") == steps
-
-
 def train_program(c, program: str, dataset, seed_inits: dict[int, str] | None, programs=None) -> None:
     from jaxfcn.train.multiseed import program_seeds, train_seeds
+    from jaxfcn.train.workdir import trained_to
 
-    if all(_trained(_seed_dir(program, s), c.train.steps) for s in program_seeds(c.train)):
+    if all(trained_to(_seed_dir(program, s), c.train.steps) for s in program_seeds(c.train)):
         return
     train_seeds(c, program, dataset=dataset, programs=programs, progress=False, seed_inits=seed_inits)
 

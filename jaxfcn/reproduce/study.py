@@ -39,7 +39,7 @@ from jaxfcn.errors import UserError
 from jaxfcn.reproduce.grid import REGIMES, Run, conditions, plan, program_dir, run_config, target_steps, task_label
 from jaxfcn.train import curves
 from jaxfcn.train.lock import holding
-from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, TRAIN_SUMMARY_FILE, write_json_atomic
+from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, trained_to, write_json_atomic
 
 DIVERGED_FILE = "diverged.json"
 OK, DIVERGED, SOURCE_DIVERGED = "ok", "diverged", "source diverged"
@@ -132,14 +132,6 @@ def is_done(run: Run) -> bool:
     return run_status(run) != OK or os.path.isfile(os.path.join(run.workdir, EVAL_SUMMARY_FILE))
 
 
-def is_trained(run: Run, steps: int) -> bool:
-    path = os.path.join(run.workdir, TRAIN_SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("final_step") == steps
-
-
 def mark_diverged(run: Run, error: Exception) -> None:
     message = str(error)
     step = re.search(r"at step (\d+)", message)
@@ -167,7 +159,7 @@ def execute(condition: list[Run], config, datasets: dict, programs=None) -> None
 
         datasets[key] = open_dataset(c.data, depth=c.model.depth, progress=False)
     steps = c.train.steps
-    pending = [r for r in condition if run_status(r) == OK and not is_trained(r, steps)]
+    pending = [r for r in condition if run_status(r) == OK and not trained_to(r.workdir, steps)]
     if pending and len(pending) == len(condition):
         c.train.seed, c.train.num_seeds = first.seed, len(condition)
         seed_inits = {run.seed: run.source_workdir for run in condition if run.source_workdir}

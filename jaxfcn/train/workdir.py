@@ -105,6 +105,15 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def trained_to(workdir: str, steps: int) -> bool:
+    """Whether the run in ``workdir`` finished training at ``steps`` (its train summary says so)."""
+    path = os.path.join(workdir, TRAIN_SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("final_step") == steps
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config of a jaxfcn workdir (UserError if ``workdir`` is not one)."""
     path = os.path.join(workdir, CONFIG_FILE)
