@@ -31,7 +31,8 @@ from common import write_json  # noqa: E402
 # name: (script, its extra arguments)
 SCRIPTS = {"input_pipeline": ("input_pipeline", []), "train_step": ("train_step", []),
            "train_step_3d": ("train_step", ["--dims", "3"]), "conv3d": ("conv3d", []), "seeds": ("seeds", []),
-           "devices": ("devices", []), "cka": ("cka", []), "torch_parity": ("torch_parity", [])}
+           "sliding_window": ("sliding_window", []), "devices": ("devices", []), "cka": ("cka", []),
+           "torch_parity": ("torch_parity", [])}
 
 
 def gpu_present() -> bool:

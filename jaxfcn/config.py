@@ -193,6 +193,8 @@ def apply_overrides(config, overrides) -> None:
             value = text  # a string key keeps the raw text: train.snapshot_steps=10,100 is not a tuple
         if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
             value = tuple(value) if not isinstance(value, str) else tuple(v for v in value.split(",") if v)
+        elif isinstance(current, tuple) and isinstance(value, (int, float)):
+            value = (value,)  # one element: study.train_sizes=30 means (30,)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         try:

@@ -10,7 +10,8 @@ from jaxfcn.errors import UserError
 def test_overrides_follow_the_type_of_the_key():
     c = base_config()
     apply_overrides(c, ["train.snapshot_steps=10,100", "data.task=subcortical", "train.learning_rate=1",
-                        "study.train_sizes=(8,0)", "study.targets=a,b", "train.steps=7", "train.init='random'"])
+                        "study.train_sizes=(8,0)", "study.targets=a,b", "train.steps=7", "train.init='random'",
+                        "study.cka_null_widths=16"])
     assert c.train.snapshot_steps == "10,100"  # a string key keeps the text, not a tuple
     assert c.data.task == "subcortical"
     assert c.train.learning_rate == 1.0 and isinstance(c.train.learning_rate, float)
@@ -18,6 +19,7 @@ def test_overrides_follow_the_type_of_the_key():
     assert c.study.targets == ("a", "b")
     assert c.train.steps == 7
     assert c.train.init == "random"
+    assert c.study.cka_null_widths == (16,)  # one value for a tuple key is a one-element tuple
 
 
 @pytest.mark.parametrize("item", ["train.nope=1", "nope.steps=1", "train.steps", "train.steps=abc"])

@@ -22,6 +22,7 @@ import pytest
 from jaxfcn.cli import main
 from jaxfcn.config import base_config
 from jaxfcn.reproduce.grid import conditions, plan
+from jaxfcn.reproduce import study
 from jaxfcn.reproduce.study import condition_work, verdict_line
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,9 +60,20 @@ def tiny(tmp_path_factory):
         args = ["reproduce", "--config", str(f["config"]), "--out", str(out), "--source", str(f["source"]),
                 "--targets", str(f["target"]), *[a for item in SMALLER for a in ("--set", item)]]
         stdout, stderr = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        reports = []  # per condition: the seed-steps the training loop reported to the study's bar as it trained
+        real_execute = study.execute
+
+        def recording_execute(condition, *args, on_seed_steps, **kwargs):
+            reports.append([])
+            return real_execute(condition, *args, **kwargs,
+                                on_seed_steps=lambda n: (reports[-1].append(n), on_seed_steps(n)))
+
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                pytest.MonkeyPatch.context() as patch:
+            patch.setattr(study, "execute", recording_execute)
             code = main(args)
-        yield {"out": out, "args": args, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+        yield {"out": out, "args": args, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+               "reports": reports}
 
 
 def _bar_states(stderr: str) -> list[str]:
@@ -86,6 +98,9 @@ def test_final_lines_name_the_report_and_every_verdict(tiny):
     assert "100%" in states[-1] and "28/28 seed-steps" in states[-1] and "conditions 3/3" in states[-1]
     assert any("12/28 seed-steps" in s and "conditions 1/3" in s for s in states)  # after the source program
     assert all(re.search(r"\[\d\d:\d\d elapsed, [\d:?]+ left\]", s) for s in states)
+    # … and it moves while a condition trains: every flush of the training loop (log steps, snapshots
+    # "log:2" = steps 1, 2, 4) reports the seed-steps since the previous one
+    assert tiny["reports"] == [[2, 2, 4, 4], [2, 2, 4], [2, 2, 4]]  # the source: 2 seeds × 6 steps; 2 × 4 twice
 
 
 def test_a_rerun_starts_full_and_trains_nothing(tiny, capsys):

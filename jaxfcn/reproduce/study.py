@@ -7,8 +7,9 @@ with the same architecture reuse one compiled step.
 Resumable at two depths: a run whose workdir already holds its test ``summary.json`` is skipped, and an
 interrupted condition resumes from the latest checkpoint all its seeds saved (see :mod:`jaxfcn.train.multiseed`).
 
-Where it stands: one progress bar over the conditions of training and evaluation, advanced by each
-condition's seed-steps (training steps × seeds, :func:`condition_work`) so that its time left weighs an
+Where it stands: one progress bar over the conditions of training and evaluation, advanced by the
+seed-steps (training steps × seeds, :func:`condition_work`) as they are trained (every ``train.log_every``
+steps, not only when a condition ends), so that its time left weighs an
 800-step source program and a 500-step target program by their budgets; its rate is the mean over the
 conditions trained in this invocation (conditions already done when a rerun starts count as done, not as
 speed). After each condition, one line per seed (test Dice, or why it has none). The analysis phase after it
@@ -142,11 +143,12 @@ def mark_diverged(run: Run, error: Exception) -> None:
 
 
 # ------------------------------------------------------------------------------------------ training
-def execute(condition: list[Run], config, datasets: dict, programs=None) -> None:
+def execute(condition: list[Run], config, datasets: dict, programs=None, on_seed_steps=None) -> None:
     """Train (or resume) one condition's seeds together as one K-seed program, then evaluate each seed
     on the test split. Transfer seeds start from their own source run (``Run.source_workdir``). A
     divergence is recorded, not raised (module docstring). ``programs``: the study's
-    :class:`~jaxfcn.train.programs.ProgramSet`, so conditions of one architecture share their programs."""
+    :class:`~jaxfcn.train.programs.ProgramSet`, so conditions of one architecture share their programs.
+    ``on_seed_steps(n)``: told of every ``n`` seed-steps trained as they happen (the study's progress bar)."""
     from jaxfcn.train.evaluate import evaluate_run
     from jaxfcn.train.run_files import TrainingDiverged
     from jaxfcn.train.multiseed import train_seeds
@@ -165,18 +167,33 @@ def execute(condition: list[Run], config, datasets: dict, programs=None) -> None
         seed_inits = {run.seed: run.source_workdir for run in condition if run.source_workdir}
         try:
             train_seeds(c, program_dir(first), dataset=datasets[key], programs=programs, progress=False,
-                        seed_inits=seed_inits)
+                        seed_inits=seed_inits, on_step=_step_counter(on_seed_steps, len(condition)))
             pending = []
         except TrainingDiverged:
             pass  # find the seed: each resumes alone below from its last checkpoint
     for run in pending:
-        _train_alone(run, config, datasets[key], programs)
+        _train_alone(run, config, datasets[key], programs, on_step=_step_counter(on_seed_steps, 1))
     for run in condition:
         if not is_done(run):
             evaluate_run(run.workdir, split="test", dataset=datasets[key], progress=False)
 
 
-def _train_alone(run: Run, config, dataset, programs=None) -> None:
+def _step_counter(on_seed_steps, seeds: int):
+    """An ``on_step(step)`` for a training loop (first called with the step it starts from) that reports
+    each advance, times the seeds trained together, to ``on_seed_steps``."""
+    if on_seed_steps is None:
+        return None
+    reached = {}
+
+    def on_step(step: int) -> None:
+        if "step" in reached:
+            on_seed_steps((step - reached["step"]) * seeds)
+        reached["step"] = step
+
+    return on_step
+
+
+def _train_alone(run: Run, config, dataset, programs=None, on_step=None) -> None:
     """Train (or resume) one seed of a condition in its own workdir, as ``jaxfcn train --seed s`` would;
     a divergence marks the run."""
     from jaxfcn.train.loop import train_and_evaluate
@@ -185,7 +202,7 @@ def _train_alone(run: Run, config, dataset, programs=None) -> None:
 
     try:
         train_and_evaluate(seed_config(run_config(config, run), run.seed), run.workdir, dataset=dataset,
-                           programs=programs, progress=False)
+                           programs=programs, progress=False, on_step=on_step)
     except TrainingDiverged as error:
         mark_diverged(run, error)
 
@@ -294,8 +311,8 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     work = [condition_work(c, config) for c in groups]
     pending = [i for i, c in enumerate(groups) if not all(is_done(run) for run in c)]
     finished = len(groups) - len(pending)
-    # smoothing=0: the rate is the mean over this invocation's conditions (a condition is one update, so
-    # tqdm's default moving average would follow the last condition alone); `initial` is excluded from it.
+    # smoothing=0: the rate is the mean over this invocation (conditions differ in speed, so tqdm's default
+    # moving average would follow the current one alone); `initial` is excluded from it.
     bar = tqdm(total=sum(work), initial=sum(work) - sum(work[i] for i in pending), desc="study", smoothing=0,
                disable=not progress, dynamic_ncols=True, postfix=f"conditions {finished}/{len(groups)}",
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} seed-steps{postfix} "
@@ -303,13 +320,20 @@ def run_study(config, out_dir: str, progress: bool = True) -> dict:
     for i in pending:
         bar.set_postfix_str(f"conditions {finished}/{len(groups)}, now {condition_label(groups[i])}")
         t0 = time.time()
-        execute(groups[i], config, datasets, programs)
+        shown = [0]  # seed-steps of this condition on the bar so far (a resumed condition reports fewer)
+
+        def advance(seed_steps: int, total: int = work[i]) -> None:
+            seed_steps = min(seed_steps, total - shown[0])
+            shown[0] += seed_steps
+            bar.update(seed_steps)
+
+        execute(groups[i], config, datasets, programs, on_seed_steps=advance)
         seconds = (time.time() - t0) / len(groups[i])
         for run in groups[i]:
             tqdm.write(_progress_line(run, seconds, len(groups[i])))
         finished += 1
         bar.set_postfix_str(f"conditions {finished}/{len(groups)}", refresh=False)
-        bar.update(work[i])
+        advance(work[i])  # the rest: steps trained before a resume, or a seed retrained alone
     bar.close()
     phases = {"training and evaluation": time.time() - started}
     results = {"design": design(config, sources, targets), "runs": [run_record(r) for r in targets],

@@ -69,13 +69,15 @@ def prepare_run(config, workdir: str, dataset=None, progress: bool = True):
 
 
 def train_and_evaluate(config, workdir: str, *, dataset=None, programs=None, progress: bool = True,
-                       devices: int | None = None) -> dict:
+                       devices: int | None = None, on_step=None) -> dict:
     """Train (or resume) the run of ``config`` in ``workdir``; returns the final train summary.
 
     ``dataset`` overrides ``config.data`` (a :class:`~jaxfcn.data.dataset.SegmentationDataset`, e.g. built
     in memory); otherwise the dataset is opened with :func:`jaxfcn.data.open_dataset`. ``programs``: a
     :class:`~jaxfcn.train.programs.ProgramSet` shared with other runs (default: a new one). ``train.parallel``
     and ``devices`` (default: all) choose the devices (:func:`jaxfcn.train.parallel.plan_devices`).
+    ``on_step(step)``: called with the step training starts from, then at every log flush (a caller's own
+    progress display).
     """
     config, dataset, init, resume = prepare_run(config, workdir, dataset, progress)
     from jaxfcn.train.parallel import plan_devices
@@ -100,7 +102,7 @@ def train_and_evaluate(config, workdir: str, *, dataset=None, programs=None, pro
             (summary,) = train_runs(
                 config, dataset, [run], plan, state, built,
                 batches=lambda start: dataset.batches(t.batch_size, data_seed(t), start_step=start),
-                progress=progress, summary_extra={"parallel": plan.describe()})
+                progress=progress, summary_extra={"parallel": plan.describe()}, on_step=on_step)
             return summary
         finally:
             run.close()
@@ -121,14 +123,15 @@ def validate(eval_step, variables, dataset, config) -> tuple[float, list[float]]
 
 def train_runs(config, dataset, runs: list[RunFiles], plan, state, programs, *, batches,
                progress: bool = True, summary_extra: dict | None = None,
-               run_datasets: list | None = None) -> list[dict]:
+               run_datasets: list | None = None, on_step=None) -> list[dict]:
     """Train the runs of one program (one run, or the K seeds of a stacked program) to ``train.steps``.
 
     ``state``: placed by ``plan`` (:class:`jaxfcn.train.parallel.DevicePlan`), whose ``members`` are the
     runs' states in order; ``programs``: built for ``plan`` (:class:`jaxfcn.train.programs.Programs`);
     ``batches(start)``: the host batches
     from step ``start + 1`` on; ``run_datasets``: each run's own dataset (training subset) where they
-    differ (``data.subset_per_seed``), else ``dataset`` for all. Returns the runs' summaries.
+    differ (``data.subset_per_seed``), else ``dataset`` for all; ``on_step(step)``: called with the step
+    it starts from, then with the step reached at every log flush. Returns the runs' summaries.
     """
     import jax
     from tqdm import tqdm
@@ -148,6 +151,8 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, programs, *, 
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and plan.primary), dynamic_ncols=True,
                desc="train", file=sys.stderr, leave=True)
     pending = []  # (step, metrics on device) since the last flush
+    if on_step is not None:
+        on_step(start)
     tick = time.perf_counter()
     try:
         for step in range(start + 1, t.steps + 1):
@@ -187,6 +192,8 @@ def train_runs(config, dataset, runs: list[RunFiles], plan, state, programs, *, 
                             val_dice=f"{np.mean(val_dices):.4f}" if val_dices else "-",
                             steps_per_s=f"{steps_per_s:.2f}", refresh=False)
             bar.update(step - bar.n)
+            if on_step is not None:
+                on_step(step)
             tick = time.perf_counter()
     finally:
         bar.close()

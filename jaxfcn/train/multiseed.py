@@ -118,12 +118,13 @@ def resume_step(runs: list[RunFiles]) -> int | None:
 
 
 def train_seeds(config, workdir: str, *, dataset=None, programs=None, progress: bool = True,
-                devices: int | None = None, seed_inits: dict[int, str] | None = None) -> list[dict]:
+                devices: int | None = None, seed_inits: dict[int, str] | None = None, on_step=None) -> list[dict]:
     """Train (or resume) seeds ``train.seed … + train.num_seeds − 1`` together in ``workdir/seed_<n>``.
 
     ``seed_inits`` maps a seed to its own ``train.init`` (e.g. transfer from source seed n mod S); seeds
     not in it use ``train.init``. The sources must share the architecture (checked per seed). ``programs``: a
     :class:`~jaxfcn.train.programs.ProgramSet` shared with other programs (default: a new one).
+    ``on_step(step)``: called with the step the seeds reached at every log flush.
     Returns the seeds' train summaries (as :func:`jaxfcn.train.loop.train_and_evaluate` does for one).
     """
     t = config.train
@@ -173,7 +174,7 @@ def train_seeds(config, workdir: str, *, dataset=None, programs=None, progress: 
         return train_runs(
             run_config, dataset, runs, plan, state, built,
             batches=lambda start: stacked_batches(seed_datasets, t.batch_size, data_seeds, start),
-            run_datasets=seed_datasets, progress=progress, summary_extra={
+            run_datasets=seed_datasets, progress=progress, on_step=on_step, summary_extra={
                 "parallel": plan.describe(),
                 "program": {"seeds": seeds, "workdir": os.path.abspath(workdir), "seed_strategy": strategy}})
     finally:
