@@ -208,13 +208,23 @@ def test_quick_grid_report_says_smoke_test_in_its_first_line():
     assert text.splitlines()[2].startswith("# jaxfcn study")
 
 
+def test_a_budget_for_a_builtin_task_left_out_by_targets_is_ignored():
+    """`jaxfcn reproduce --targets lobes` with the standard config (which budgets deep_nuclei too) runs."""
+    from jaxfcn.config import base_config
+    from jaxfcn.reproduce.grid import target_steps
+
+    study = base_config().study
+    study.targets, study.target_steps, study.target_steps_by_task = ("lobes",), 500, "lobes=900,deep_nuclei=800"
+    assert target_steps(study) == {"lobes": 900}
+
+
 @pytest.mark.parametrize("setting,message", [
     ("study.cka_estimator=rbf", "study.cka_estimator='rbf': choose from"),
     ("study.probe_images=3", "debiased CKA needs at least 4"),
     ("study.cka_convention=pixels", "study.cka_convention='pixels': choose from positions, images"),
     ("study.cka_positions_within=brain", "study.cka_positions_within='brain': choose from all, nonzero"),
     ("study.target_steps_by_task=structures=0", "'structures=0' is not task=steps with steps ≥ 1"),
-    ("study.target_steps_by_task=lobes=9", "'lobes' is not a target of this study")])
+    ("study.target_steps_by_task=lobez=9", "'lobez' is not a target of this study")])
 def test_bad_cka_settings_are_refused_before_anything_is_written(setting, message, tmp_path, capsys):
     config = tmp_path / "grid.py"
     config.write_text(CONFIG)

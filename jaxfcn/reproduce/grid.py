@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from jaxfcn.data.builtin import is_builtin
 from jaxfcn.errors import UserError
 
 
@@ -73,7 +74,9 @@ def task_label(task: str) -> str:
 
 def target_steps(study) -> dict[str, int]:
     """Training steps of every target of ``study``: ``study.target_steps`` unless
-    ``study.target_steps_by_task`` ("task=steps,…", tasks by their label) says otherwise."""
+    ``study.target_steps_by_task`` ("task=steps,…", tasks by their label) says otherwise. An entry for a
+    built-in task that is not a target is ignored (``--targets`` chose fewer than the config's); any other
+    name that is not a target is refused as a typo."""
     labels = {task_label(t): t for t in study.targets}
     steps = {t: int(study.target_steps) for t in study.targets}
     spec = str(study.get("target_steps_by_task", "") or "").strip()
@@ -83,6 +86,8 @@ def target_steps(study) -> dict[str, int]:
         if not sep or not value.strip().isdigit() or int(value) < 1:
             raise UserError(f"study.target_steps_by_task={spec!r}: '{item}' is not task=steps with steps ≥ 1")
         if name not in labels:
+            if is_builtin(name):
+                continue  # a budget for a built-in task left out with --targets: it has nothing to set
             raise UserError(f"study.target_steps_by_task: '{name}' is not a target of this study "
                             f"(targets: {', '.join(labels)})")
         steps[labels[name]] = int(value)
