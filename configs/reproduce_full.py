@@ -21,6 +21,7 @@ def get_config():
     c.study.grid = "full"
     c.study.source = "tissue"
     c.study.targets = ("subcortical", "structures")
+    c.data.train_subjects = 256  # generated subjects per built-in task: 128 is a subset, 0 (all) is 256
     c.study.train_sizes = (8, 32, 128, 0)
     c.study.seeds = 5
     c.study.source_steps = 4000

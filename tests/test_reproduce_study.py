@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxfcn.cli import main
+from jaxfcn.config import base_config
 from jaxfcn.analysis.filters import kernel_leaves
 from jaxfcn.reproduce import report as report_module
 from jaxfcn.reproduce.grid import SOURCE_SEED_OFFSET
@@ -210,7 +211,6 @@ def test_quick_grid_report_says_smoke_test_in_its_first_line():
 
 def test_a_budget_for_a_builtin_task_left_out_by_targets_is_ignored():
     """`jaxfcn reproduce --targets lobes` with the standard config (which budgets deep_nuclei too) runs."""
-    from jaxfcn.config import base_config
     from jaxfcn.reproduce.grid import target_steps
 
     study = base_config().study
@@ -224,10 +224,13 @@ def test_a_budget_for_a_builtin_task_left_out_by_targets_is_ignored():
     ("study.cka_convention=pixels", "study.cka_convention='pixels': choose from positions, images"),
     ("study.cka_positions_within=brain", "study.cka_positions_within='brain': choose from all, nonzero"),
     ("study.target_steps_by_task=structures=0", "'structures=0' is not task=steps with steps ≥ 1"),
-    ("study.target_steps_by_task=lobez=9", "'lobez' is not a target of this study")])
+    ("study.target_steps_by_task=lobez=9", "'lobez' is not a target of this study"),
+    ("study.train_sizes=(1, 999)", "training subjects (data.train_subjects); use sizes up to {subjects}, or 0 "
+                                   "for all")])
 def test_bad_cka_settings_are_refused_before_anything_is_written(setting, message, tmp_path, capsys):
     config = tmp_path / "grid.py"
     config.write_text(CONFIG)
     out = tmp_path / "out"
     assert main(["reproduce", "--config", str(config), "--out", str(out), "--set", setting]) == 2
-    assert message in capsys.readouterr().err and not out.exists()
+    subjects = base_config().data.train_subjects  # CONFIG keeps the default: a built-in task generates these
+    assert message.format(subjects=subjects) in capsys.readouterr().err and not out.exists()

@@ -17,9 +17,9 @@ shows its own bars. :func:`verdict_line` is the closing one-line verdict summary
 
 The tasks are checked before anything is written: every source and target must be a built-in task or a
 readable MSD / nnU-Net folder (a missing MSD task's error says how to fetch it), and when a regime transfers,
-every target must give the network as many input channels as the source (``data.channels``); a folder
-target must hold as many training cases as the largest training-set size (else that size would silently mean
-all of them).
+every target must give the network as many input channels as the source (``data.channels``); every
+target must hold as many training cases as the largest training-set size: a folder's in its fold, a built-in
+task's generated subjects (``data.train_subjects``); else that size would silently mean all of them.
 
 Divergence never aborts the study. When a K-seed program stops on a non-finite loss
 (:class:`jaxfcn.train.run_files.TrainingDiverged`), its seeds are resumed one at a time from their last
@@ -67,17 +67,19 @@ def _fetch_hint(task: str) -> str:
     return f"; fetch it with `jaxfcn data fetch msd {label} --to {parent}`"
 
 
-def _task_inputs(config, task: str, role: str) -> tuple[int, str, int | None]:
-    """(input channels the network gets from ``task`` after ``data.channels``, their names, the folder's
-    training cases in this fold, or None for a built-in task); a task that is neither built in nor a
-    readable folder is a one-line UserError naming ``role`` and the folder."""
+def _task_inputs(config, task: str, role: str) -> tuple[int, str, int, str]:
+    """(input channels the network gets from ``task`` after ``data.channels``, their names, its training
+    cases, what they are: a folder's training cases in this fold, or a built-in task's generated training
+    subjects, ``data.train_subjects``); a task that is neither built in nor a readable folder is a one-line
+    UserError naming ``role`` and the folder."""
     from jaxfcn.data import builtin
     from jaxfcn.data.folders import read_folder_spec, selected_channels, split_cases
 
     data = config.data.copy_and_resolve_references()
     data.task = task
     if builtin.is_builtin(task):
-        return len(selected_channels(data, 1, f"built-in task {task}")), "MRI", None
+        return (len(selected_channels(data, 1, f"built-in task {task}")), "MRI", int(data.train_subjects),
+                "training subjects (data.train_subjects)")
     if not os.path.isdir(str(task)):
         raise UserError(f"{role}: {task}: no such folder, and not a built-in task "
                         f"({', '.join(builtin.TASKS)}){_fetch_hint(task)}")
@@ -87,7 +89,8 @@ def _task_inputs(config, task: str, role: str) -> tuple[int, str, int | None]:
         raise UserError(f"{role}: {e}{_fetch_hint(task)}") from None
     picked = selected_channels(data, spec.in_channels, spec.dataset_json)
     train_cases = len(split_cases(spec, int(data.fold), int(data.num_folds))["train"])
-    return len(picked), ", ".join(spec.modality[c] for c in picked), train_cases
+    return (len(picked), ", ".join(spec.modality[c] for c in picked), train_cases,
+            f"training cases (fold {data.fold} of {data.num_folds})")
 
 
 def check_tasks(config) -> None:
@@ -96,14 +99,13 @@ def check_tasks(config) -> None:
     source = _task_inputs(config, s.source, "study.source")
     targets = {t: _task_inputs(config, t, "study.targets") for t in s.targets}
     largest = max(s.train_sizes, default=0)
-    for target, (_, _, train_cases) in targets.items():
-        if train_cases is not None and largest > train_cases:  # the subset would silently be all of them
+    for target, (_, _, train_cases, what) in targets.items():
+        if largest > train_cases:  # the subset would silently be all of them
             raise UserError(f"study.train_sizes: {largest} subjects, but {task_label(target)} has {train_cases} "
-                            f"training cases (fold {config.data.fold} of {config.data.num_folds}); use sizes up to "
-                            f"{train_cases}, or 0 for all")
+                            f"{what}; use sizes up to {train_cases}, or 0 for all")
     if not any(REGIMES[r].from_source for r in s.regimes):
         return
-    for target, (count, names, _) in targets.items():
+    for target, (count, names, _, _) in targets.items():
         if count != source[0]:
             raise UserError(f"study: source {task_label(s.source)} gives {source[0]} input channel(s) ({source[1]}) "
                             f"but target {task_label(target)} gives {count} ({names}); transfer needs the same "
