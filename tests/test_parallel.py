@@ -6,9 +6,12 @@ Several devices or processes must be configured before JAX starts, so those chec
 Tolerance: both paths compute the one-device step of the whole batch; only the order of float32 sums
 differs. The runs take 2 SGD steps (lr 0.1, momentum 0.9) of the tiny model with a frozen encoder, and
 the differences are relative to the reference's largest parameter update (parallel_worker.update_difference),
-so a gradient off by a factor N shows as about N - 1. Measured: 2.6e-7 (one seed, sharding), 5.2e-7 (two
-stacked seeds, pmap), 3.0e-7 (K-seed loop), 2.6e-7 (two processes); with the gradient of the parallel
-paths doubled: 0.89-0.97. Asserted: ≤ 1e-5.
+so a gradient off by a factor N shows as about N - 1. Measured on a 2-core Intel Xeon VM: 2.6e-7 (one seed,
+sharding), 5.2e-7 (two stacked seeds, pmap), 3.0e-7 (K-seed loop), 2.6e-7 (two processes); on a 2-core AMD
+EPYC VM (AVX-512, same jax 0.10.2) one seed under sharding gives 2.3e-5, spread over the decoder's parameters
+at about 3e-5 of each one's own update (float32 sums in another order and blocking, not a structural
+difference), the others as before. With the gradient of the parallel paths doubled: 0.89-0.97. Asserted:
+≤ 1e-3, a factor ~40 above the largest rounding measured and ~900 below the smallest bug.
 """
 import json
 import os
@@ -24,7 +27,7 @@ from jaxfcn.train.checkpoint import load_params
 from jaxfcn.train.parallel import initialize_distributed, plan_devices
 from parallel_worker import host_task, update_difference
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-3
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parallel_worker.py")
 
 
