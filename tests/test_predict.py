@@ -43,6 +43,45 @@ def test_sliding_window_reassembles_a_pointwise_model_exactly(shape):
     np.testing.assert_allclose(probs, pointwise_model(None, image), atol=1e-6)
 
 
+def ramp_model(variables, x):
+    """A stand-in whose output depends on the position inside the window, so the Gaussian weights matter."""
+    x = np.asarray(x)
+    ramp = np.linspace(-1.0, 1.0, x.shape[1])[None, :, None, None]
+    logits = np.stack([x[..., 0] * ramp, -x[..., 0] + ramp], axis=-1)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def longhand_sliding_window(model, image, patch, overlap):
+    """The module docstring's definition, written out with numpy loops, one window at a time."""
+    shape = [max(n, p) for n, p in zip(image.shape[:3], patch)]
+    padded = np.zeros(shape + [image.shape[3]], np.float32)
+    padded[: image.shape[0], : image.shape[1], : image.shape[2]] = image
+    sigma = [p / 8 for p in patch]
+    grid = np.meshgrid(*[np.arange(p) - (p - 1) / 2 for p in patch], indexing="ij")
+    weight = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grid, sigma)))
+    weight = np.maximum(weight / weight.max(), (weight / weight.max()).min())
+    total, summed = None, np.zeros(shape)
+    for a in window_starts(shape[0], patch[0], overlap):
+        for b in window_starts(shape[1], patch[1], overlap):
+            for c in window_starts(shape[2], patch[2], overlap):
+                box = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+                p = model(None, padded[box][None])[0]
+                total = np.zeros(shape + [p.shape[-1]]) if total is None else total
+                total[box] += p * weight[..., None]
+                summed[box] += weight
+    return (total / summed[..., None])[: image.shape[0], : image.shape[1], : image.shape[2]]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])  # 4: the last batch is padded with weight-0 windows
+def test_sliding_window_weights_overlaps_as_defined(batch_size):
+    image = np.random.default_rng(2).normal(size=(30, 21, 19, 1)).astype(np.float32)
+    probs = predict_sliding_window(ramp_model, None, image, (12, 10, 8), overlap=0.5, batch_size=batch_size)
+    expected = longhand_sliding_window(ramp_model, image, (12, 10, 8), 0.5)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(probs - pointwise_model(None, image)).max() > 0.1  # the ramp matters: not a trivial case
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_slices_are_reassembled_along_the_axis(axis):
     image = np.random.default_rng(1).normal(size=(9, 11, 13, 1)).astype(np.float32)

@@ -99,29 +99,76 @@ def gaussian_importance(patch: Sequence[int]) -> np.ndarray:
 
 def predict_sliding_window(probabilities_fn, variables, image: np.ndarray, patch: Sequence[int],
                            overlap: float, batch_size: int) -> np.ndarray:
-    """Softmax (X, Y, Z, K) of a 3D model by Gaussian-weighted sliding windows over ``image`` (X, Y, Z, C)."""
+    """Softmax (X, Y, Z, K) of a 3D model by Gaussian-weighted sliding windows over ``image`` (X, Y, Z, C).
+
+    The volume, the weighted sums and the summed weights stay on the device: per batch of windows, one
+    jitted gather cuts the windows out, ``probabilities_fn`` runs them, and one jitted, donated update adds
+    ``probs · weight`` and ``weight`` in place. Nothing returns to the host until the division at the end,
+    so the loop is a queue of dispatches (on a GPU the host never waits for a window). The last batch is
+    padded with copies of its last window, added with weight 0. The gather and the update compile once per
+    volume shape (they are small); the network compiles once per batch shape, as before."""
+    import jax.numpy as jnp
+
     if not 0.0 <= overlap < 1.0:
         raise UserError(f"--overlap {overlap}: must be in [0, 1)")
+    patch = tuple(int(p) for p in patch)
     spatial = image.shape[:3]
-    padded_shape = [max(n, p) for n, p in zip(spatial, patch)]
-    padded = np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)])
-    starts = [(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
-              for b in window_starts(padded_shape[1], patch[1], overlap)
-              for c in window_starts(padded_shape[2], patch[2], overlap)]
-    weight = gaussian_importance(patch)
-    total, weights = None, np.zeros(padded_shape, np.float32)
+    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch))
+    padded = jnp.asarray(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
+    starts = np.array([(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
+                       for b in window_starts(padded_shape[1], patch[1], overlap)
+                       for c in window_starts(padded_shape[2], patch[2], overlap)], np.int32)
+    count = len(starts)
+    batches = -(-count // batch_size)
+    starts = np.concatenate([starts, np.repeat(starts[-1:], batches * batch_size - count, axis=0)])
+    live = (np.arange(len(starts)) < count).astype(np.float32)
+    weight = jnp.asarray(gaussian_importance(patch))
+    gather, add = _window_programs()
+    total = weights = None
     for first in range(0, len(starts), batch_size):
-        group = starts[first:first + batch_size]
-        windows = np.stack([padded[a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in group])
-        probs = _batched(probabilities_fn, variables, windows, batch_size)
+        batch_starts = jnp.asarray(starts[first:first + batch_size])
+        probs = probabilities_fn(variables, gather(padded, batch_starts, patch))
         if total is None:
-            total = np.zeros(padded_shape + [probs.shape[-1]], np.float32)
-        for (a, b, c), p in zip(group, probs):
-            box = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
-            total[box] += p * weight[..., None]
-            weights[box] += weight
-    out = total / weights[..., None]
+            total = jnp.zeros(padded_shape + (probs.shape[-1],), jnp.float32)
+            weights = jnp.zeros(padded_shape, jnp.float32)
+        total, weights = add(total, weights, jnp.asarray(probs), batch_starts,
+                             jnp.asarray(live[first:first + batch_size]), weight)
+    out = np.asarray(total / weights[..., None])
     return out[: spatial[0], : spatial[1], : spatial[2]]
+
+
+@functools.cache
+def _window_programs():
+    """(gather, add): :func:`_gather_windows` and :func:`_add_windows` jitted (sums donated, updated in place)."""
+    import jax
+
+    return jax.jit(_gather_windows, static_argnums=2), jax.jit(_add_windows, donate_argnums=(0, 1))
+
+
+def _gather_windows(volume, starts, patch):
+    """(B, *patch, C) windows of ``volume`` (X, Y, Z, C) at ``starts`` (B, 3)."""
+    import jax
+
+    size = patch + (volume.shape[-1],)
+    return jax.vmap(lambda s: jax.lax.dynamic_slice(volume, (s[0], s[1], s[2], 0), size))(starts)
+
+
+def _add_windows(total, weights, probs, starts, live, weight):
+    """``total[window] += probs · weight · live`` and ``weights[window] += weight · live`` per window."""
+    import jax
+
+    def add(i, carry):
+        total, weights = carry
+        s = starts[i]
+        w = weight * live[i]
+        corner = (s[0], s[1], s[2])
+        block = jax.lax.dynamic_slice(total, corner + (0,), probs.shape[1:])
+        total = jax.lax.dynamic_update_slice(total, block + probs[i] * w[..., None], corner + (0,))
+        summed = jax.lax.dynamic_slice(weights, corner, weight.shape)
+        weights = jax.lax.dynamic_update_slice(weights, summed + w, corner)
+        return total, weights
+
+    return jax.lax.fori_loop(0, probs.shape[0], add, (total, weights))
 
 
 def predict_volume(model, variables, image: np.ndarray, config, overlap: float = DEFAULT_OVERLAP,
