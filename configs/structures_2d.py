@@ -5,6 +5,8 @@ MRI; the architecture of tissue_2d.py.
     jaxfcn train --config configs/structures_2d.py --workdir runs/str_transfer --init runs/tissue_2d
     jaxfcn train --config configs/structures_2d.py --workdir runs/str_frozen --freeze encoder
 
+Measured 2026-11-25, before the built-in subjects (jaxfcn.data.subjects): trained on the sym09a
+template alone, validated on FSL's; not rerun on the subjects since, so today's runs will differ.
 Result (1000 steps each, 2 shared CPU cores; val = pooled-slice training metric, test = whole
 ICBM 2009c volume):
 

@@ -7,6 +7,8 @@ Sized to train on a laptop CPU (3 mm grid, 64² slices from all three orientatio
 target-task configs (subcortical_2d.py, structures_2d.py) load this file, so their architecture always
 matches and `--init runs/tissue_2d` works.
 
+Measured 2026-11-25, before the built-in subjects (jaxfcn.data.subjects): trained on the sym09a
+template alone, validated on FSL's; not rerun on the subjects since, so today's runs will differ.
 Result (1000 steps, 2 shared CPU cores, ~5 min of training): best val Dice 0.743 (training metric:
 pooled 64² slices of the FSL template); test (ICBM 2009c, whole volume, 3 orientations averaged):
 mean Dice 0.832 (GM 0.878, WM 0.833, other 0.785), mean HD95 4.2 mm. 90 % of the best val Dice at step 300.
