@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from jaxfcn.data.builtin import is_builtin
 from jaxfcn.errors import UserError
 
 
@@ -77,6 +76,8 @@ def target_steps(study) -> dict[str, int]:
     ``study.target_steps_by_task`` ("task=steps,…", tasks by their label) says otherwise. An entry for a
     built-in task that is not a target is ignored (``--targets`` chose fewer than the config's); any other
     name that is not a target is refused as a typo."""
+    from jaxfcn.data.builtin import is_builtin  # here, not at import: it loads the data stack
+
     labels = {task_label(t): t for t in study.targets}
     steps = {t: int(study.target_steps) for t in study.targets}
     spec = str(study.get("target_steps_by_task", "") or "").strip()
