@@ -62,20 +62,24 @@ run()
 print(f"jaxfcn step on {jax.default_backend()}: ok, {flops / 1e9:.3f} GFLOP")
 EOF
 
-# 2. The goal's setting (batch 8, 128², depth 4, base 16), full float32 on both sides, kernel profile.
+# 2. 3D (issue 17's GPU setting, never measured on a GPU yet): 64³ patches, batch 2, depth 4, base 32, full float32,
+#    against torch.compile and torch.compile with CUDA graphs.
+part train_step_3d 200 python3 benchmarks/train_step.py --dims 3 --size 64 --batch 2 --base 32 --precision fp32 \
+    --rounds 7 --torch compile,compile_cudagraphs --json "$OUT/train_step_3d.json"
+# 3. The goal's setting (batch 8, 128², depth 4, base 16), full float32 on both sides, kernel profile.
 part train_step_fp32 250 python3 benchmarks/train_step.py --precision fp32 --rounds 9 --profile \
     --torch nchw,channels_last,compile,compile_cudagraphs --json "$OUT/train_step_fp32.json"
-# 3. A GPU-sized setting: batch 16, 256², base 32, TF32 on both sides (each framework's usual GPU setting).
+# 4. A GPU-sized setting: batch 16, 256², base 32, TF32 on both sides (each framework's usual GPU setting).
 #    (2026-11-26 on an H200: 123 s with channels_last,compile; 97 s with compile_cudagraphs alone.)
 part train_step_large_tf32 170 python3 benchmarks/train_step.py --precision tf32 --size 256 --batch 16 --base 32 \
     --rounds 7 --torch compile,compile_cudagraphs --profile --json "$OUT/train_step_large_tf32.json"
-# 4. The goal's setting with TF32 on both sides.
+# 5. The goal's setting with TF32 on both sides.
 part train_step_tf32 100 python3 benchmarks/train_step.py --precision tf32 --rounds 9 --torch compile,compile_cudagraphs \
     --json "$OUT/train_step_tf32.json"
-# 5. bf16 compute on both sides (JAX compute_dtype, PyTorch autocast), GPU-sized setting; not yet measured.
+# 6. bf16 compute on both sides (JAX compute_dtype, PyTorch autocast), GPU-sized setting; not yet measured.
 part train_step_large_bf16 120 python3 benchmarks/train_step.py --dtype bfloat16 --size 256 --batch 16 --base 32 \
     --rounds 5 --torch compile --json "$OUT/train_step_large_bf16.json"
-# 6. The other scripts' GPU column (input_pipeline and torch_parity need the NIfTI/tfds stack, not on the machine).
+# 7. The other scripts' GPU column (input_pipeline and torch_parity need the NIfTI/tfds stack, not on the machine).
 part run_all_gpu 300 python3 benchmarks/run_all.py --quick --devices gpu --only seeds,devices,cka \
     --json "$OUT/run_all_gpu.json"
 echo "suite done $(date +%T)"

@@ -119,7 +119,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--spacing", type=float, default=0.0, help="grid spacing in mm (default 1; 2 with --quick)")
     parser.add_argument("--patch", type=int, default=0, help="window side (default 64; 32 with --quick)")
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--batch", type=int, default=2, help="windows per network call")
+    parser.add_argument("--batch", default="2", help="windows per network call (MONAI's sw_batch_size); a comma "
+                        "list times every side at each, named side@bN")
     parser.add_argument("--jax", default="fast", help="comma list of model.conv_impl values, one JAX side each")
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 5; 3 with --quick)")
     args = parser.parse_args(argv)
@@ -137,42 +138,59 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     image = volume(spacing)
-    config = model_config(patch, args.batch, impls[0])
+    batches = [int(b) for b in args.batch.split(",") if b]
+    config = model_config(patch, batches[0], impls[0])
     model = build_model(config.model)
     variables = model.init(jax.random.key(0), np.zeros((1, patch, patch, patch, 1), np.float32), train=False)
     windows = int(np.prod([len(window_starts(max(n, patch), patch, args.overlap)) for n in image.shape[:3]]))
 
+    def label(side: str, batch: int) -> str:
+        return side if len(batches) == 1 else f"{side}@b{batch}"
+
     fns, results = {}, {}
-    for impl in impls:
-        name = "jax" if impl == impls[0] else f"jax_{impl}"
-        fns[name], results[name] = jax_side(model_config(patch, args.batch, impl), variables, image, args.overlap)
-    for variant, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last_3d)):
-        fns[f"torch_{variant}"], results[f"torch_{variant}"] = torch_side(config, variables, image, args.overlap, fmt)
+    for batch in batches:
+        for impl in impls:
+            name = label("jax" if impl == impls[0] else f"jax_{impl}", batch)
+            fns[name], results[name] = jax_side(model_config(patch, batch, impl), variables, image, args.overlap)
+        for variant, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last_3d)):
+            name = label(f"torch_{variant}", batch)
+            fns[name], results[name] = torch_side(model_config(patch, batch, impls[0]), variables, image,
+                                                  args.overlap, fmt)
     times = interleave(fns, rounds=rounds, warmup=1)
 
     seconds = {name: statistics.median(t["wall"]) for name, t in times.items()}
-    torch_s = {k: v for k, v in seconds.items() if k.startswith("torch_")}
-    best = min(torch_s, key=torch_s.get)
-    paired = {k: statistics.median(t / j for t, j in zip(times[k]["wall"], times["jax"]["wall"])) for k in torch_s}
-    reference, ours = results[best]["probs"], results["jax"]["probs"]
+    by_batch = {}
+    for batch in batches:
+        jax_name = label("jax", batch)
+        torch_s = {k: seconds[k] for k in (label("torch_nchw", batch), label("torch_channels_last", batch))}
+        best = min(torch_s, key=torch_s.get)
+        by_batch[batch] = {"jax": jax_name, "best_torch": best, "speedup_vs_torch": torch_s[best] / seconds[jax_name],
+                           "paired_speedup_vs_torch": {k: statistics.median(
+                               t / j for t, j in zip(times[k]["wall"], times[jax_name]["wall"])) for k in torch_s}}
+    # Each side at its fastest batch: what a user who tunes sw_batch_size on both gets.
+    jax_best = min((label("jax", b) for b in batches), key=seconds.get)
+    torch_best = min((by_batch[b]["best_torch"] for b in batches), key=seconds.get)
+    first = by_batch[batches[0]]
+    reference, ours = results[first["best_torch"]]["probs"], results[first["jax"]]["probs"]
     result = {
         "benchmark": "sliding_window",
         "machine": machine_info(),
         "config": {"volume": list(image.shape[:3]), "spacing_mm": spacing, "patch": patch, "overlap": args.overlap,
-                   "batch": args.batch, "windows": windows, "depth": config.model.depth,
+                   "batches": batches, "windows": windows, "depth": config.model.depth,
                    "base_width": config.model.base_width, "classes": config.model.num_classes,
                    "conv_impl": impls, "rounds": rounds, "torch_threads": torch.get_num_threads(),
                    "quick": args.quick},
         "seconds_per_volume": seconds,
         "cpu_seconds_per_volume": {name: statistics.median(t["cpu"]) for name, t in times.items()},
         "rounds_s": {name: [round(s, 2) for s in t["wall"]] for name, t in times.items()},
-        "best_torch": best,
-        "speedup_vs_torch": torch_s[best] / seconds["jax"],
-        "paired_speedup_vs_torch": paired,
+        "by_batch": by_batch,
+        "best_jax": jax_best,
+        "best_torch": torch_best,
+        "speedup_vs_torch": seconds[torch_best] / seconds[jax_best],
         "max_abs_probability_difference": float(np.abs(reference - ours).max()),
         "label_agreement": float((reference.argmax(-1) == ours.argmax(-1)).mean()),
     }
-    result["headline"] = {"jax_s": seconds["jax"], "best_torch_s": torch_s[best],
+    result["headline"] = {"jax_s": seconds[jax_best], "best_torch_s": seconds[torch_best],
                           "speedup_vs_torch": result["speedup_vs_torch"], "label_agreement": result["label_agreement"]}
     print_table(result)
     write_json(args.json, result)
@@ -182,18 +200,23 @@ def main(argv=None) -> dict:
 def print_table(r: dict) -> None:
     c = r["config"]
     print(f"sliding-window inference: volume {'×'.join(map(str, c['volume']))} at {c['spacing_mm']:g} mm, "
-          f"{c['patch']}³ windows, overlap {c['overlap']:g}, {c['windows']} windows, batch {c['batch']}, "
-          f"depth {c['depth']}, base {c['base_width']}; {r['machine']['backend']} ({r['machine']['cpus']} cpus, "
-          f"torch threads {c['torch_threads']}); medians of {c['rounds']} rounds")
-    print("| side | s / volume | CPU s | best PyTorch ÷ side (paired) |")
+          f"{c['patch']}³ windows, overlap {c['overlap']:g}, {c['windows']} windows, batch "
+          f"{','.join(map(str, c['batches']))}, depth {c['depth']}, base {c['base_width']}; "
+          f"{r['machine']['backend']} ({r['machine']['cpus']} cpus, torch threads {c['torch_threads']}); "
+          f"medians of {c['rounds']} rounds")
+    print("| side | s / volume | CPU s | best PyTorch at this batch ÷ side (JAX ÷ this side, paired) |")
     print("|---|---|---|---|")
-    jax_s = r["seconds_per_volume"]["jax"]
-    for name, s in r["seconds_per_volume"].items():
-        ratio = f"{r['seconds_per_volume'][r['best_torch']] / s:.2f}"
-        if name in r["paired_speedup_vs_torch"]:
-            ratio += f" (JAX {r['paired_speedup_vs_torch'][name]:.2f}× this side)"
-        print(f"| {name} | {s:.2f} | {r['cpu_seconds_per_volume'][name]:.2f} | {ratio} |")
-    print(f"JAX ÷ best PyTorch ({r['best_torch']}): {r['speedup_vs_torch']:.2f}×  (JAX {jax_s:.2f} s); "
+    for batch, row in r["by_batch"].items():
+        best_s = r["seconds_per_volume"][row["best_torch"]]
+        for name, s in r["seconds_per_volume"].items():
+            if len(r["by_batch"]) > 1 and not name.endswith(f"@b{batch}"):
+                continue  # another batch's row
+            ratio = f"{best_s / s:.2f}"
+            if name in row["paired_speedup_vs_torch"]:
+                ratio += f" ({row['paired_speedup_vs_torch'][name]:.2f})"
+            print(f"| {name} | {s:.2f} | {r['cpu_seconds_per_volume'][name]:.2f} | {ratio} |")
+        print(f"batch {batch}: JAX ÷ best PyTorch ({row['best_torch']}) {row['speedup_vs_torch']:.2f}×")
+    print(f"each side at its best batch: {r['best_jax']} ÷ {r['best_torch']}: {r['speedup_vs_torch']:.2f}×; "
           f"agreement: max |Δp| {r['max_abs_probability_difference']:.1e}, same label "
           f"{100 * r['label_agreement']:.3f}% of voxels")
 
