@@ -66,3 +66,53 @@ def test_he_normal_init_variance():
     k = v["params"]["encoder"]["block_1"]["conv_0"]["kernel"]  # 3·3·64 fan-in
     fan_in = 3 * 3 * 64
     assert abs(float(jnp.var(k)) * fan_in / 2.0 - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("spatial_dims,conv_impl", [(2, "plain"), (2, "fast"), (3, "fast")])
+def test_conv_of_parts_equals_conv_of_their_concatenation(spatial_dims, conv_impl):
+    """ConvND on (a, b) — the decoder's split skip — computes the convolution of concat(a, b) with the same
+    kernel: values and the gradients for a, b and the kernel, within float32 rounding."""
+    from jaxfcn.models import fast_ops
+    from jaxfcn.models.layers import ConvND
+
+    ks = jax.random.split(jax.random.key(spatial_dims), 3)
+    shape = (2,) + (6,) * spatial_dims
+    a, b = jax.random.normal(ks[0], shape + (3,)), jax.random.normal(ks[1], shape + (5,))
+    conv = ConvND(4, (3,) * spatial_dims, use_bias=True, kernels=fast_ops.kernels(conv_impl))
+    variables = conv.init(ks[2], (a, b))
+    assert variables["params"]["kernel"].shape == (3,) * spatial_dims + (8, 4)
+
+    def loss(params, a, b, split):
+        y = conv.apply({"params": params}, (a, b) if split else jnp.concatenate([a, b], -1))
+        return jnp.sum(y * jnp.cos(y)), y
+
+    for got, want in zip(jax.grad(loss, (0, 1, 2), has_aux=True)(variables["params"], a, b, True),
+                         jax.grad(loss, (0, 1, 2), has_aux=True)(variables["params"], a, b, False)):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
+
+
+def test_frozen_encoder_step_computes_no_skip_gradient():
+    """With the encoder frozen the skips are constants: splitting them off the decoder's first convolutions
+    removes the input gradient of their channels, so the decoder's gradient costs fewer FLOPs (XLA's count),
+    by at least half of those convolutions' concatenated input gradients."""
+    from jaxfcn.models.unet import Decoder
+    from jaxfcn.models import fast_ops
+
+    widths, shape = [4, 8, 16], (2, 16, 16)
+    skips = [jax.random.normal(jax.random.key(i), (shape[0], *(s // 2**i for s in shape[1:]), w))
+             for i, w in enumerate(widths)]
+    common = dict(widths=widths, spatial_dims=2, convs=2, kernel_size=3, norm="group", norm_groups=2,
+                  activation="relu", kernel_init="he_normal", kernels=fast_ops.kernels("plain"), dtype=jnp.float32)
+
+    def gradient_flops(split_skip):
+        decoder = Decoder(**common, split_skip=split_skip)
+        params = decoder.init(jax.random.key(9), skips, True)["params"]
+        grad = jax.jit(jax.grad(lambda p: sum(jnp.sum(o**2) for o in decoder.apply({"params": p}, skips, True))))
+        return grad.lower(params).cost_analysis()["flops"]
+
+    # The input gradient of the skip half of each level's first convolution: 2·C_skip·C_out multiply-adds
+    # per (voxel, tap) pair inside the image (XLA counts no padding: 3n − 2 such pairs per axis of length n).
+    skip_input_grad = sum(2 * w * w * shape[0] * (3 * (shape[1] >> i) - 2) * (3 * (shape[2] >> i) - 2)
+                          for i, w in enumerate(widths[:-1]))
+    assert gradient_flops(False) - gradient_flops(True) >= 0.9 * skip_input_grad

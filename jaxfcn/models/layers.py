@@ -106,7 +106,13 @@ PLAIN = Kernels(conv=conv, group_norm=group_norm, max_pool=max_pool)
 
 
 class ConvND(nn.Module):
-    """A 'SAME' convolution with flax's ``Conv`` parameter names and shapes (kernel: (*k, Cin, Cout))."""
+    """A 'SAME' convolution with flax's ``Conv`` parameter names and shapes (kernel: (*k, Cin, Cout)).
+
+    ``x`` is an array, or a tuple of arrays whose concatenation along the channels is the input. A tuple is
+    convolved part by part with the matching input-channel slices of the kernel and the results summed:
+    the same function and parameters as convolving the concatenation, without materialising it, and a
+    part that needs no gradient (a frozen encoder's skip connection) gets none computed.
+    """
 
     features: int
     kernel_size: tuple[int, ...]
@@ -117,9 +123,14 @@ class ConvND(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        cin = x.shape[-1]
+        parts = x if isinstance(x, tuple) else (x,)
+        cin = sum(part.shape[-1] for part in parts)
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin, self.features), jnp.float32)
-        y = self.kernels.conv(x.astype(self.dtype), kernel.astype(self.dtype))
+        kernel = kernel.astype(self.dtype)
+        y, start = 0, 0
+        for part in parts:
+            y = y + self.kernels.conv(part.astype(self.dtype), kernel[..., start:start + part.shape[-1], :])
+            start += part.shape[-1]
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
