@@ -26,6 +26,7 @@ fp32 matmul FLOP/s measured in this run (the larger of JAX's and PyTorch's), and
     python benchmarks/train_step.py --precision tf32 --profile   # on a GPU: TF32 on both sides, kernel profile
     python benchmarks/train_step.py --dims 3 --size 32 --batch 2  # 3D: 32³ patches (default 3D setting)
     python benchmarks/train_step.py --dims 3 --jax fast,plain     # JAX in two formulations (model.conv_impl)
+    python benchmarks/train_step.py --skip-join concat --torch channels_last  # A/B of the decoder's skip join
 
 ``--dims 3`` trains the 3D U-Net on (batch, size, size, size) patches (defaults: 32³, batch 2); PyTorch's
 channels_last side is then ``channels_last_3d``. ``--jax`` lists ``model.conv_impl`` values, each its own JAX
@@ -83,14 +84,15 @@ def xla_flops(lowered) -> float:
     return float((analysis or {}).get("flops", float("nan")))
 
 
-def jax_side(config, batch, frozen, steps):
-    """(run(): `steps` steps blocked on the last loss, XLA FLOPs of one step)."""
+def jax_side(config, batch, frozen, steps, skip_join: str = "auto"):
+    """(run(): `steps` steps blocked on the last loss, XLA FLOPs of one step); ``skip_join`` as
+    :class:`jaxfcn.models.UNet`'s."""
     import jax
 
     from jaxfcn.models import build_model
     from jaxfcn.train.step import init_train_state, make_train_step
 
-    model = build_model(config.model)
+    model = build_model(config.model).clone(skip_join=skip_join)
     state = init_train_state(model, config, frozen)
     step = make_train_step(model, config, frozen)
     batch = jax.device_put(batch)
@@ -157,6 +159,8 @@ def main(argv=None) -> dict:
                         help="slice or patch side (default 2D: 128, 64 with --quick; 3D: 32)")
     parser.add_argument("--batch", type=int, default=0, help="default 8 in 2D, 2 in 3D")
     parser.add_argument("--jax", default="fast", help="comma list of model.conv_impl values, one JAX side each")
+    parser.add_argument("--skip-join", default="", help="comma list of concat,split: one more JAX side each "
+                        "(jax_skip-<value>) with the decoder's skips joined that way (the jax side: the default rule)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--base", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -173,9 +177,14 @@ def main(argv=None) -> dict:
     args.batch = args.batch or (2 if args.dims == 3 else 8)
     from jaxfcn.models.fast_ops import CONV_IMPLS
 
+    from jaxfcn.models.unet import SKIP_JOINS
+
     impls = [i for i in args.jax.split(",") if i]
     if not impls or set(impls) - set(CONV_IMPLS):
         parser.error(f"--jax {args.jax}: choose from {', '.join(CONV_IMPLS)}")
+    joins = [j for j in args.skip_join.split(",") if j]
+    if set(joins) - set(SKIP_JOINS):
+        parser.error(f"--skip-join {args.skip_join}: choose from {', '.join(SKIP_JOINS)}")
     rounds = args.rounds or (3 if args.quick else 7)
     variants = [v for v in (args.torch or ("nchw,channels_last" if args.quick else "nchw,channels_last,compile"))
                 .split(",") if v]
@@ -204,6 +213,8 @@ def main(argv=None) -> dict:
         for impl in impls[1:]:
             other = bench_config(size, args.batch, args.depth, args.base, args.dtype, args.dims, impl)
             fns[f"{regime}/jax_{impl}"] = jax_side(other, batch, frozen, steps)[0]
+        for join in joins:
+            fns[f"{regime}/jax_skip-{join}"] = jax_side(config, batch, frozen, steps, join)[0]
         for variant in variants:
             name = f"{regime}/torch_{variant}"
             try:
@@ -242,6 +253,8 @@ def main(argv=None) -> dict:
         regimes[regime] = {
             "jax_ms": jax_ms,
             "jax_other_impls_ms": jax_impls_ms,
+            "jax_other_paired_vs_jax": {k: statistics.median(o / j for o, j in zip(
+                times[f"{regime}/{k}"]["wall"], times[f"{regime}/jax"]["wall"])) for k in jax_impls_ms},
             "paired_speedup_vs_torch": paired,
             "torch_ms": torch_ms,
             "best_torch": best,
@@ -254,7 +267,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train_step",
         "machine": machine_info(),
-        "config": {"batch": args.batch, "size": size, "dims": args.dims, "conv_impl": impls,
+        "config": {"batch": args.batch, "size": size, "dims": args.dims, "conv_impl": impls, "skip_join": joins,
                    "depth": args.depth, "base_width": args.base,
                    "dtype": args.dtype, "precision": args.precision if device == "cuda" else "fp32",
                    "classes": NUM_CLASSES, "optimizer": "adam", "rounds": rounds,
@@ -312,6 +325,9 @@ def print_table(r: dict) -> None:
               f"per-round paired torch/JAX: {paired}), "
               f"flops_fraction {g['flops_fraction']:.3f} ({g['jax_gflops_per_s']:.1f} GFLOP/s of "
               f"{g['xla_flops_per_step'] / 1e9:.2f} GFLOP/step)")
+        if g["jax_other_paired_vs_jax"]:
+            print(f"{regime}: other JAX sides ÷ jax, paired: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in g["jax_other_paired_vs_jax"].items()))
     print("matmul GFLOP/s:", {k: {f: round(v, 1) for f, v in d.items()} for k, d in r["matmul_gflops_per_s"].items()})
     for name, err in r["errors"].items():
         print(f"skipped {name}: {err}")

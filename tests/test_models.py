@@ -116,3 +116,15 @@ def test_frozen_encoder_step_computes_no_skip_gradient():
     skip_input_grad = sum(2 * w * w * shape[0] * (3 * (shape[1] >> i) - 2) * (3 * (shape[2] >> i) - 2)
                           for i, w in enumerate(widths[:-1]))
     assert gradient_flops(False) - gradient_flops(True) >= 0.9 * skip_input_grad
+
+
+def test_unet_skip_joins_compute_one_function():
+    """skip_join "concat", "split" and "auto" give the same logits from the same parameters; others are refused."""
+    x = jax.random.normal(jax.random.key(4), (2, 16, 16, 1))
+    model = UNet(num_classes=3, depth=3, base_width=4, norm_groups=2)
+    variables = model.init(jax.random.key(5), x)
+    logits = {join: model.clone(skip_join=join).apply(variables, x) for join in ("auto", "concat", "split")}
+    np.testing.assert_allclose(logits["split"], logits["concat"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits["auto"], logits["concat"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="skip_join"):
+        model.clone(skip_join="add").apply(variables, x)

@@ -127,6 +127,9 @@ class Decoder(_Part):
         return outputs
 
 
+SKIP_JOINS = ("auto", "concat", "split")
+
+
 class UNet(nn.Module):
     """2D/3D U-Net with top-level submodules ``encoder``, ``decoder`` and ``head`` (see module docstring)."""
 
@@ -143,6 +146,9 @@ class UNet(nn.Module):
     kernel_init: str = "he_normal"
     conv_impl: str = "fast"  # the layers' formulation, one of jaxfcn.models.fast_ops.CONV_IMPLS
     compute_dtype: str = "float32"
+    # How the decoder joins each skip: "auto" (the measured rule in __call__), "concat" or "split" (the
+    # same function either way; benchmarks/train_step.py --skip-join compares them).
+    skip_join: str = "auto"
 
     @property
     def widths(self) -> list[int]:
@@ -166,10 +172,13 @@ class UNet(nn.Module):
             self.sow("intermediates", f"enc_{level}", feat)
         self.sow("intermediates", "bottleneck", enc[-1])
         # Split the skip off the decoder's first convolutions where measured faster (benchmarks/README.md):
-        # with a frozen encoder, whose skips need no gradient (CPU step 0.82–0.90×, 2D and 3D), and in every
-        # CPU train step (2D 0.92–0.95×, 3D 0.97–1.06×). A forward alone is faster concatenated (CPU 64³
+        # with a frozen encoder, whose skips need no gradient (CPU step 0.82–0.96×, 2D and 3D), and in every
+        # CPU train step (2D 0.92–0.96×, 3D 0.97–1.06×). A forward alone is faster concatenated (CPU 64³
         # 1.06×), and a GPU's full step keeps the concatenation it was measured with.
-        split_skip = "encoder" in frozen_parts or (train and jax.default_backend() == "cpu")
+        if self.skip_join not in SKIP_JOINS:
+            raise ValueError(f"unknown skip_join '{self.skip_join}', choose from {', '.join(SKIP_JOINS)}")
+        split_skip = (self.skip_join == "split" if self.skip_join != "auto"
+                      else "encoder" in frozen_parts or (train and jax.default_backend() == "cpu"))
         dec = Decoder(**shared, split_skip=split_skip, name="decoder")(enc, train and "decoder" not in frozen_parts)
         for level, feat in zip(reversed(range(1, self.depth - 1)), dec[:-1]):
             self.sow("intermediates", f"dec_{level}", feat)
