@@ -127,14 +127,12 @@ class ConvND(nn.Module):
         cin = sum(part.shape[-1] for part in parts)
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin, self.features), jnp.float32)
         kernel = kernel.astype(self.dtype)
-        if len(parts) == 1:
-            y = self.kernels.conv(parts[0].astype(self.dtype), kernel)
-        else:
-            terms, start = [], 0
-            for part in parts:
-                terms.append(self.kernels.conv(part.astype(self.dtype), kernel[..., start:start + part.shape[-1], :]))
-                start += part.shape[-1]
-            y = sum(terms[1:], terms[0])
+        # One part slices the whole kernel (a no-op in the traced program) and sums nothing.
+        terms, start = [], 0
+        for part in parts:
+            terms.append(self.kernels.conv(part.astype(self.dtype), kernel[..., start:start + part.shape[-1], :]))
+            start += part.shape[-1]
+        y = sum(terms[1:], terms[0])
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y

@@ -177,8 +177,10 @@ class UNet(nn.Module):
         # 1.06×), and a GPU's full step keeps the concatenation it was measured with.
         if self.skip_join not in SKIP_JOINS:
             raise ValueError(f"unknown skip_join '{self.skip_join}', choose from {', '.join(SKIP_JOINS)}")
-        split_skip = (self.skip_join == "split" if self.skip_join != "auto"
-                      else "encoder" in frozen_parts or (train and jax.default_backend() == "cpu"))
+        if self.skip_join == "auto":
+            split_skip = "encoder" in frozen_parts or (train and jax.default_backend() == "cpu")
+        else:
+            split_skip = self.skip_join == "split"
         dec = Decoder(**shared, split_skip=split_skip, name="decoder")(enc, train and "decoder" not in frozen_parts)
         for level, feat in zip(reversed(range(1, self.depth - 1)), dec[:-1]):
             self.sow("intermediates", f"dec_{level}", feat)
