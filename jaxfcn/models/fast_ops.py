@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from jaxfcn.models import layers
 from jaxfcn.models.layers import Kernels
+from jaxfcn.native import onednn
 
 
 # --- convolution ---------------------------------------------------------------------------------------
@@ -103,9 +104,9 @@ def _conv3d_as_2d_bwd(residuals, dy):
 conv3d_as_2d.defvjp(_conv3d_as_2d_fwd, _conv3d_as_2d_bwd)
 
 
-def fast_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """:func:`jaxfcn.models.layers.conv` in the formulation that measured fastest for its rank and backend:
-    :func:`conv3d_as_2d` for 3D on the CPU, ``lax``'s convolution otherwise (decided at trace time)."""
+def xla_fast_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`jaxfcn.models.layers.conv` with XLA's own convolutions in the formulation that measured fastest
+    for its rank and backend: :func:`conv3d_as_2d` for 3D on the CPU, ``lax``'s convolution otherwise."""
     if x.ndim == 5 and jax.default_backend() == "cpu":
         return conv3d_as_2d(x, kernel)
     return layers.conv(x, kernel)
@@ -132,11 +133,11 @@ def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
-# per_seed: fast_conv with vmap rules that never produce a grouped convolution. Under vmap over per-seed
-# kernels JAX turns a convolution into a grouped one (feature_group_count = K), which XLA:CPU runs several
-# times slower per seed than K plain convolutions. Here per-seed kernels give one plain convolution per
-# seed; a shared input with per-seed kernels (the first layer when seeds share batches) gives one
-# convolution with K·Cout output channels; a per-seed input with a shared kernel folds the seeds into the
+# Convolutions with per-seed vmap rules. Under vmap over per-seed kernels JAX turns a convolution into a
+# grouped one (feature_group_count = K), which XLA:CPU runs several times slower per seed than K plain
+# convolutions, and a custom call has no batching rule at all. Here per-seed kernels give one plain
+# convolution per seed; a shared input with per-seed kernels (the first layer when seeds share batches) gives
+# one convolution with K·Cout output channels; a per-seed input with a shared kernel folds the seeds into the
 # batch.
 
 def _select(args, in_batched, i):
@@ -165,67 +166,95 @@ def _seeds_into_batch(fn, axis_size, x, kernel):
     return y.reshape(axis_size, -1, *y.shape[1:]), True
 
 
-@jax.custom_batching.custom_vmap
-def _conv_forward(x, kernel):
-    return fast_conv(x, kernel)
+def seed_batched_conv(forward: Callable, input_grad: Callable, kernel_grad: Callable) -> Callable:
+    """The convolution ``conv(x, kernel)`` whose three products are ``forward(x, kernel)``,
+    ``input_grad(dy, kernel)`` and ``kernel_grad(x, dy, kernel_shape)``, each with the per-seed vmap rules
+    above. The products must compute :func:`jaxfcn.models.layers.conv` and its two gradients."""
+
+    @jax.custom_batching.custom_vmap
+    def conv_forward(x, kernel):
+        return forward(x, kernel)
+
+    @conv_forward.def_vmap
+    def _conv_forward_vmap(axis_size, in_batched, x, kernel):
+        x_batched, kernel_batched = in_batched
+        if x_batched and not kernel_batched:
+            return _seeds_into_batch(conv_forward, axis_size, x, kernel)
+        if kernel_batched and not x_batched:
+            return _channels_to_seed(conv_forward(x, _seed_to_channels(kernel)), axis_size), True
+        return _one_per_seed(conv_forward, axis_size, in_batched, (x, kernel))
+
+    @jax.custom_batching.custom_vmap
+    def conv_input_grad(dy, kernel):
+        return input_grad(dy, kernel)
+
+    @conv_input_grad.def_vmap
+    def _conv_input_grad_vmap(axis_size, in_batched, dy, kernel):
+        dy_batched, kernel_batched = in_batched
+        if dy_batched and not kernel_batched:
+            return _seeds_into_batch(conv_input_grad, axis_size, dy, kernel)
+        return _one_per_seed(conv_input_grad, axis_size, in_batched, (dy, kernel))
+
+    @jax.custom_batching.custom_vmap
+    def conv_kernel_grad(x, dy, kernel):
+        # ``kernel`` only supplies the kernel shape (its spatial size is not implied by x and dy).
+        return kernel_grad(x, dy, kernel.shape)
+
+    @conv_kernel_grad.def_vmap
+    def _conv_kernel_grad_vmap(axis_size, in_batched, x, dy, kernel):
+        x_batched, dy_batched, _ = in_batched
+        if dy_batched and not x_batched:
+            # Shared input (first layer, seeds sharing batches): one weight-gradient with K·Cout channels.
+            kernel = jnp.zeros(kernel.shape[-x.ndim:-1] + (axis_size * dy.shape[-1],), dy.dtype)
+            return _channels_to_seed(conv_kernel_grad(x, _seed_to_channels(dy), kernel), axis_size), True
+        return _one_per_seed(conv_kernel_grad, axis_size, in_batched, (x, dy, kernel))
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return conv_forward(x, kernel)
+
+    def conv_fwd(x, kernel):
+        return conv_forward(x, kernel), (x, kernel)
+
+    def conv_bwd(residuals, dy):
+        x, kernel = residuals
+        return conv_input_grad(dy, kernel), conv_kernel_grad(x, dy, kernel)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv
 
 
-@_conv_forward.def_vmap
-def _conv_forward_vmap(axis_size, in_batched, x, kernel):
-    x_batched, kernel_batched = in_batched
-    if x_batched and not kernel_batched:
-        return _seeds_into_batch(_conv_forward, axis_size, x, kernel)
-    if kernel_batched and not x_batched:
-        return _channels_to_seed(_conv_forward(x, _seed_to_channels(kernel)), axis_size), True
-    return _one_per_seed(_conv_forward, axis_size, in_batched, (x, kernel))
-
-
-@jax.custom_batching.custom_vmap
-def _conv_input_grad(dy, kernel):
+def _xla_input_grad(dy, kernel):
     x = jnp.zeros(dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype)  # only its shape is used
-    return jax.vjp(lambda x: fast_conv(x, kernel), x)[1](dy)[0]
+    return jax.vjp(lambda x: xla_fast_conv(x, kernel), x)[1](dy)[0]
 
 
-@_conv_input_grad.def_vmap
-def _conv_input_grad_vmap(axis_size, in_batched, dy, kernel):
-    dy_batched, kernel_batched = in_batched
-    if dy_batched and not kernel_batched:
-        return _seeds_into_batch(_conv_input_grad, axis_size, dy, kernel)
-    return _one_per_seed(_conv_input_grad, axis_size, in_batched, (dy, kernel))
+def _xla_kernel_grad(x, dy, kernel_shape):
+    return jax.vjp(lambda k: xla_fast_conv(x, k), jnp.zeros(kernel_shape, dy.dtype))[1](dy)[0]
 
 
-@jax.custom_batching.custom_vmap
-def _conv_kernel_grad(x, dy, kernel):
-    # ``kernel`` only supplies the kernel shape (its spatial size is not implied by x and dy).
-    return jax.vjp(lambda k: fast_conv(x, k), jnp.zeros_like(kernel))[1](dy)[0]
+xla_per_seed_conv = seed_batched_conv(xla_fast_conv, _xla_input_grad, _xla_kernel_grad)
+xla_per_seed_conv.__doc__ = """:func:`xla_fast_conv` whose ``vmap`` over kernels is one convolution per seed."""
+
+onednn_conv = seed_batched_conv(onednn.forward, onednn.input_grad, onednn.kernel_grad)
+onednn_conv.__doc__ = """:func:`jaxfcn.models.layers.conv` as oneDNN custom calls (:mod:`jaxfcn.native.onednn`),
+float32 on the CPU, with the per-seed vmap rules. Needs ``onednn.available()``."""
 
 
-@_conv_kernel_grad.def_vmap
-def _conv_kernel_grad_vmap(axis_size, in_batched, x, dy, kernel):
-    x_batched, dy_batched, _ = in_batched
-    if dy_batched and not x_batched:
-        # Shared input (first layer, seeds sharing batches): one weight-gradient with K·Cout output channels.
-        kernel = jnp.zeros(kernel.shape[-x.ndim:-1] + (axis_size * dy.shape[-1],), dy.dtype)
-        return _channels_to_seed(_conv_kernel_grad(x, _seed_to_channels(dy), kernel), axis_size), True
-    return _one_per_seed(_conv_kernel_grad, axis_size, in_batched, (x, dy, kernel))
+def _use_onednn(x: jax.Array) -> bool:
+    """oneDNN's kernels replace XLA's for float32 CPU convolutions wherever they are built (trace time)."""
+    return x.dtype == jnp.float32 and jax.default_backend() == "cpu" and onednn.available()
 
 
-@jax.custom_vjp
+def fast_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`jaxfcn.models.layers.conv` in the formulation that measured fastest for its dtype and backend:
+    oneDNN's kernels for float32 on the CPU (:data:`onednn_conv`), else :func:`xla_fast_conv`."""
+    return onednn_conv(x, kernel) if _use_onednn(x) else xla_fast_conv(x, kernel)
+
+
 def per_seed_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """:func:`fast_conv` whose ``vmap`` over kernels is one convolution per seed (see the comment above)."""
-    return _conv_forward(x, kernel)
-
-
-def _per_seed_conv_fwd(x, kernel):
-    return _conv_forward(x, kernel), (x, kernel)
-
-
-def _per_seed_conv_bwd(residuals, dy):
-    x, kernel = residuals
-    return _conv_input_grad(dy, kernel), _conv_kernel_grad(x, dy, kernel)
-
-
-per_seed_conv.defvjp(_per_seed_conv_fwd, _per_seed_conv_bwd)
+    return onednn_conv(x, kernel) if _use_onednn(x) else xla_per_seed_conv(x, kernel)
 
 
 # --- max-pool ------------------------------------------------------------------------------------------
@@ -386,6 +415,7 @@ _FAST = Kernels(conv=fast_conv, group_norm=group_norm, max_pool=max_pool)
 KERNELS: dict[str, Kernels] = {
     "plain": layers.PLAIN,
     "fast": _FAST,
+    "fast_xla": _FAST._replace(conv=xla_fast_conv),
     "per_seed": _FAST._replace(conv=per_seed_conv),
     "im2col": _FAST._replace(conv=im2col_conv),
 }

@@ -1,0 +1,149 @@
+"""oneDNN convolutions inside XLA:CPU programs: the three products of a stride-1 channels-last convolution
+(forward, input gradient, kernel gradient) as XLA FFI custom calls into oneDNN (``onednn_conv.cc``).
+
+Why: XLA:CPU runs convolutions with Eigen, which takes about twice oneDNN's time on the U-Net's thin 3D
+layers, and it transposes activations around every kernel gradient (``benchmarks/README.md``, CPU: 3D).
+PyTorch's CPU convolutions are oneDNN's; these calls give JAX programs the same kernels, on the same
+arrays, without a copy.
+
+The handlers are compiled on first use with the system's C++ compiler against the headers that jaxlib
+ships (``jax.ffi.include_dir()``) and the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``
+wheels, into ``<jaxfcn cache>/native/<key>/`` (the key hashes the source, the compiler and both versions;
+written to a temporary name and renamed, so concurrent first uses never load half a library). Where any
+of that is missing (no compiler, another platform, ``JAXFCN_ONEDNN=0``), :func:`available` is False,
+:func:`unavailable_reason` says why, and :mod:`jaxfcn.models.fast_ops` keeps XLA's own convolutions.
+
+Example::
+
+    from jaxfcn.native import onednn
+    if onednn.available():
+        y = onednn.forward(x, kernel)            # = jaxfcn.models.layers.conv(x, kernel)
+        dx = onednn.input_grad(dy, kernel)
+        dk = onednn.kernel_grad(x, dy, kernel.shape)
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+RUNTIME_WHEEL, HEADERS_WHEEL = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
+TARGETS = ("jaxfcn_conv_forward", "jaxfcn_conv_backward_data", "jaxfcn_conv_backward_weights")
+
+
+class NativeUnavailable(RuntimeError):
+    """The oneDNN handlers cannot be built or loaded here; the message says why."""
+
+
+def _wheel_file(wheel: str, name: str) -> Path:
+    try:
+        files = importlib.metadata.files(wheel) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise NativeUnavailable(f"the '{wheel}' wheel is not installed") from None
+    for f in files:
+        if f.name == name:
+            return Path(f.locate()).resolve()
+    raise NativeUnavailable(f"the '{wheel}' wheel has no {name}")
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise NativeUnavailable("no C++ compiler (set CXX, or install g++)")
+
+
+def _build(out: Path, compiler: str, include: list[Path], library: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", *(f"-I{d}" for d in include), str(SOURCE),
+           f"-L{library.parent}", f"-l:{library.name}", f"-Wl,-rpath,{library.parent}", "-o", tmp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(tmp)
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise NativeUnavailable(f"compiling {SOURCE.name} failed: {last}")
+    os.replace(tmp, out)
+
+
+def library_path() -> Path:
+    """The compiled handlers, built now if this source, compiler and versions have not been built before."""
+    from jaxfcn.data.fetch import cache_root
+
+    if platform.system() != "Linux":
+        raise NativeUnavailable(f"oneDNN convolutions are built for Linux only, not {platform.system()}")
+    library = _wheel_file(RUNTIME_WHEEL, "libdnnl.so.3")
+    header = _wheel_file(HEADERS_WHEEL, "dnnl.hpp")
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    key = hashlib.sha256("\n".join([
+        SOURCE.read_text(), version, importlib.metadata.version("jaxlib"),
+        importlib.metadata.version(RUNTIME_WHEEL), str(library)]).encode()).hexdigest()[:16]
+    out = cache_root() / "native" / key / "libjaxfcn_onednn.so"
+    if not out.exists():
+        _build(out, compiler, [Path(jax.ffi.include_dir()), header.parent], library)
+    return out
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build, load and register the handlers once per process; None if that worked, else the reason."""
+    if os.environ.get("JAXFCN_ONEDNN", "1") == "0":
+        return "turned off by JAXFCN_ONEDNN=0"
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(library_path()))
+    except (NativeUnavailable, OSError) as e:
+        logging.getLogger("jaxfcn").info("oneDNN convolutions unavailable, using XLA's: %s", e)
+        return str(e)
+    for target in TARGETS:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """True when the oneDNN handlers are registered with XLA:CPU in this process (built on first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None when it is True)."""
+    return _load()
+
+
+def _padding(kernel_shape) -> dict:
+    """'SAME' padding of a stride-1 convolution, as ``lax``: (k−1)//2 low, k//2 high on each spatial axis."""
+    spatial = kernel_shape[:-2]
+    return {"pad_lo": np.array([(k - 1) // 2 for k in spatial], np.int64),
+            "pad_hi": np.array([k // 2 for k in spatial], np.int64)}
+
+
+def _call(target: str, shape, dtype, *args, kernel_shape) -> jax.Array:
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))(*args, **_padding(kernel_shape))
+
+
+def forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``jaxfcn.models.layers.conv(x, kernel)``: 'SAME' stride-1, x (N, *S, Ci), kernel (*K, Ci, Co), float32."""
+    return _call(TARGETS[0], x.shape[:-1] + kernel.shape[-1:], x.dtype, x, kernel, kernel_shape=kernel.shape)
+
+
+def input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The gradient of ``<forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
+    return _call(TARGETS[1], dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype, dy, kernel, kernel_shape=kernel.shape)
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """The gradient of ``<forward(x, kernel), dy>`` with respect to the kernel, of shape ``kernel_shape``."""
+    return _call(TARGETS[2], kernel_shape, x.dtype, x, dy, kernel_shape=kernel_shape)
