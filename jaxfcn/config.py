@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.norm_groups = 8
     c.model.activation = "relu"  # any jax.nn activation name, e.g. relu, leaky_relu, gelu, silu
     c.model.kernel_init = "he_normal"  # he_normal | he_uniform | glorot_uniform | glorot_normal | lecun_normal
-    c.model.conv_impl = "fast"  # plain | fast | per_seed | im2col: the layers' formulation (jaxfcn.models.fast_ops)
+    c.model.conv_impl = "fast"  # plain | fast | fast_xla | per_seed | im2col: the layers' formulation (jaxfcn.models.fast_ops)
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
 
     c.data = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
-"""The CPU's fast 3D convolution (jaxfcn.models.fast_ops.conv3d_as_2d) computes XLA's native 3D convolution:
-values and both gradients within float32 rounding, on odd shapes, and inside the 3D U-Net's train step
-under vmap over seeds (every K-seed strategy), with a frozen encoder, and sharded over two host devices."""
+"""The CPU's fast 3D convolutions compute XLA's native 3D convolution: the 2D formulation
+(jaxfcn.models.fast_ops.conv3d_as_2d) values and both gradients within float32 rounding, on odd shapes;
+and both it (``fast_xla``) and oneDNN's (``fast``) inside the 3D U-Net's train step under vmap over seeds
+(every K-seed strategy), with a frozen encoder, and sharded over two host devices."""
 import json
 import os
 import subprocess
@@ -58,8 +59,8 @@ def batch_3d(config, seed=0):
 NATIVE_3D_CONV = "[b, 0, 1, 2, f]"  # the input layout of a 3D convolution in StableHLO's text
 
 
-def test_fast_3d_step_uses_conv3d_as_2d_on_cpu():
-    """The default formulation really is the 2D one in 3D: the step holds no 3D convolution (plain does)."""
+def test_fast_xla_3d_step_uses_conv3d_as_2d_on_cpu():
+    """XLA's formulation in 3D really is the 2D one: the step holds no 3D convolution (plain does)."""
     config = tiny_3d_config()
     state = init_train_state(build_model(config.model), config)
 
@@ -67,15 +68,17 @@ def test_fast_3d_step_uses_conv3d_as_2d_on_cpu():
         model = build_model(tiny_3d_config(conv_impl).model)
         return make_train_step(model, config).lower(state, batch_3d(config)).as_text()
 
-    assert NATIVE_3D_CONV not in step_text("fast") and "stablehlo.convolution" in step_text("fast")
+    assert NATIVE_3D_CONV not in step_text("fast_xla") and "stablehlo.convolution" in step_text("fast_xla")
     assert NATIVE_3D_CONV in step_text("plain")
 
 
+@pytest.mark.parametrize("conv_impl", ["fast", "fast_xla"])
 @pytest.mark.parametrize("frozen", [(), ("encoder",)])
-def test_fast_3d_k_seed_strategies_equal_single_seed_steps(frozen):
-    """vmap (grouped convolutions of the 2D formulation), per_seed (its custom vmap) and unrolled, each
-    K = 2 seeds with a shared batch, against two single-seed steps of the fast model."""
-    config = tiny_3d_config()
+def test_fast_3d_k_seed_strategies_equal_single_seed_steps(frozen, conv_impl):
+    """vmap, per_seed and unrolled, each K = 2 seeds with a shared batch, against two single-seed steps of
+    the same model: oneDNN's convolutions (``fast`` on the CPU; their per-seed vmap rules) and the 2D
+    formulation (``fast_xla``: grouped convolutions under vmap)."""
+    config = tiny_3d_config(conv_impl)
     model = build_model(config.model)
     batch = batch_3d(config)
     members = [init_train_state(model, config, frozen, rng=seed_key(s)) for s in (3, 5)]
@@ -104,7 +107,7 @@ SHARDED = textwrap.dedent("""
     from jaxfcn.models import build_model
     from jaxfcn.train.step import init_train_state, train_step_function
     assert jax.device_count() == 2
-    config = tiny_3d_config()
+    config = tiny_3d_config(sys.argv[3])
     # SGD: an update is lr × gradient, so a gradient off by a factor N moves the parameters N× as far (Adam's
     # first update is ±lr whatever the gradient, and turns rounding-level differences into sign flips).
     config.train.optimizer, config.train.learning_rate = "sgd", 0.1
@@ -125,11 +128,12 @@ SHARDED = textwrap.dedent("""
 """)
 
 
-def test_fast_3d_step_sharded_over_two_devices_equals_one_device(tmp_path):
+@pytest.mark.parametrize("conv_impl", ["fast", "fast_xla"])
+def test_fast_3d_step_sharded_over_two_devices_equals_one_device(tmp_path, conv_impl):
     out = tmp_path / "out.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", SHARDED, str(out), os.path.dirname(os.path.abspath(__file__))],
+    done = subprocess.run([sys.executable, "-c", SHARDED, str(out), os.path.dirname(os.path.abspath(__file__)), conv_impl],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -40,7 +40,7 @@ FAST_IMPLS = [name for name in fast_ops.CONV_IMPLS if name != "plain"]
 
 def test_kernels_switch():
     assert fast_ops.kernels("plain") is layers.PLAIN
-    assert set(fast_ops.CONV_IMPLS) == {"plain", "fast", "per_seed", "im2col"}
+    assert set(fast_ops.CONV_IMPLS) == {"plain", "fast", "fast_xla", "per_seed", "im2col"}
     with pytest.raises(ValueError, match="unknown conv_impl 'xl'"):
         fast_ops.kernels("xl")
 

@@ -10,10 +10,15 @@ computes with:
 
   * group norm with the ReLU fused and a hand-written gradient (:func:`group_norm`);
   * max-pool as a reshape and a max, with a one-pass gradient (:func:`max_pool`);
-  * on the CPU, 3D convolutions as 2D convolutions over the depth axis (:func:`conv3d_as_2d`): XLA:CPU's
-    native 3D convolution is several times slower than the 2D convolutions that compute the same sums.
+  * on the CPU, float32 convolutions as oneDNN custom calls (:data:`onednn_conv`,
+    :mod:`jaxfcn.native.onednn`), the kernels PyTorch's CPU convolutions use; where they cannot be built,
+    or for other dtypes, XLA's own as in ``fast_xla``.
+- ``fast_xla``: ``fast`` with XLA's own convolutions (:func:`xla_fast_conv`): on the CPU, 3D convolutions
+  as 2D convolutions over the depth axis (:func:`conv3d_as_2d`), since XLA:CPU's native 3D convolution is
+  several times slower than the 2D convolutions that compute the same sums.
 - ``per_seed``: ``fast`` with convolutions whose ``vmap`` over per-seed kernels is one convolution per seed
-  instead of a grouped convolution (:func:`per_seed_conv`; the K-seed strategy of the same name).
+  instead of a grouped convolution (:func:`per_seed_conv`; the K-seed strategy of the same name). The
+  oneDNN convolutions always batch that way.
 - ``im2col``: ``fast`` with convolutions as patch extraction and one matmul (:func:`im2col_conv`), which
   vmaps into a batched matmul.
 

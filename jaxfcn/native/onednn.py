@@ -37,6 +37,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 RUNTIME_WHEEL, HEADERS_WHEEL = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
@@ -131,19 +133,105 @@ def _padding(kernel_shape) -> dict:
 
 
 def _call(target: str, shape, dtype, *args, kernel_shape) -> jax.Array:
+    if not available():  # registers the handlers before the first program that calls them is traced
+        raise NativeUnavailable(f"oneDNN convolutions unavailable: {unavailable_reason()}")
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))(*args, **_padding(kernel_shape))
+
+
+def _forward_local(x, kernel):
+    return _call(TARGETS[0], x.shape[:-1] + kernel.shape[-1:], x.dtype, x, kernel, kernel_shape=kernel.shape)
+
+
+def _input_grad_local(dy, kernel):
+    return _call(TARGETS[1], dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype, dy, kernel, kernel_shape=kernel.shape)
+
+
+def _kernel_grad_local(x, dy, kernel_shape):
+    return _call(TARGETS[2], kernel_shape, x.dtype, x, dy, kernel_shape=kernel_shape)
+
+
+# Sharding. A custom call is opaque to XLA's partitioner, which would gather a batch-sharded input onto
+# every device and convolve the whole batch there. These rules keep the batch axis as sharded as the
+# activation arrives (every other axis replicated): each device convolves its own examples, and a kernel
+# gradient is its devices' partial sums, all-reduced. On one device the rules are not consulted at all.
+
+def _batch_axes(arg_shape):
+    """The mesh axes that shard an activation's batch axis (None: not sharded)."""
+    spec = arg_shape.sharding.spec
+    return spec[0] if len(spec) else None
+
+
+def _batch_sharded(mesh, axes, rank: int) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(axes, *([None] * (rank - 1))))
+
+
+def _activation_rule(rank: int) -> str:
+    """Shardy's rule of forward / input gradient: activation (b, *s, c), kernel (*k, c, o) -> (b, *s, o)."""
+    s = " ".join(f"s{i}" for i in range(rank - 2))
+    k = " ".join(f"k{i}" for i in range(rank - 2))
+    return f"b {s} c, {k} c o -> b {s} o"
+
+
+def _all_but_batch(rule: str) -> tuple[str, ...]:
+    """The rule's factors other than ``b``, in order of first appearance (the order Shardy requires)."""
+    names = rule.replace(",", " ").replace("->", " ").split()
+    return tuple(n for n in dict.fromkeys(names) if n != "b")
+
+
+@functools.cache
+def _partitioned_activation_product(local, rank: int) -> custom_partitioning:
+    """``local`` (forward or input gradient: batch in, batch out) partitioned along the batch axis."""
+    product = custom_partitioning(local)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return _batch_sharded(mesh, _batch_axes(arg_shapes[0]), rank)
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharded = _batch_sharded(mesh, _batch_axes(arg_shapes[0]), rank)
+        return mesh, local, sharded, (sharded, NamedSharding(mesh, PartitionSpec()))
+
+    rule = _activation_rule(rank)
+    product.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                          need_replication_factors=_all_but_batch(rule))
+    return product
+
+
+@functools.cache
+def _partitioned_kernel_grad(rank: int) -> custom_partitioning:
+    """The kernel gradient partitioned along the batch axis: per-device partial sums, then an all-reduce."""
+    product = custom_partitioning(_kernel_grad_local, static_argnums=(2,))
+
+    def infer(kernel_shape, mesh, arg_shapes, result_shape):
+        return NamedSharding(mesh, PartitionSpec())
+
+    def partition(kernel_shape, mesh, arg_shapes, result_shape):
+        axes = _batch_axes(arg_shapes[0])
+        sharded = _batch_sharded(mesh, axes, rank)
+
+        def lower(x, dy):
+            partial = _kernel_grad_local(x, dy, kernel_shape)
+            return partial if axes is None else jax.lax.psum(partial, axes)
+
+        return mesh, lower, NamedSharding(mesh, PartitionSpec()), (sharded, sharded)
+
+    s = " ".join(f"s{i}" for i in range(rank - 2))
+    k = " ".join(f"k{i}" for i in range(rank - 2))
+    rule = f"b {s} c, b {s} o -> {k} c o"
+    product.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                          reduction_factors=("b",), need_replication_factors=_all_but_batch(rule))
+    return product
 
 
 def forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``jaxfcn.models.layers.conv(x, kernel)``: 'SAME' stride-1, x (N, *S, Ci), kernel (*K, Ci, Co), float32."""
-    return _call(TARGETS[0], x.shape[:-1] + kernel.shape[-1:], x.dtype, x, kernel, kernel_shape=kernel.shape)
+    return _partitioned_activation_product(_forward_local, x.ndim)(x, kernel)
 
 
 def input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
     """The gradient of ``<forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
-    return _call(TARGETS[1], dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype, dy, kernel, kernel_shape=kernel.shape)
+    return _partitioned_activation_product(_input_grad_local, dy.ndim)(dy, kernel)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
     """The gradient of ``<forward(x, kernel), dy>`` with respect to the kernel, of shape ``kernel_shape``."""
-    return _call(TARGETS[2], kernel_shape, x.dtype, x, dy, kernel_shape=kernel_shape)
+    return _partitioned_kernel_grad(x.ndim)(x, dy, tuple(kernel_shape))
