@@ -133,16 +133,38 @@ def test_program_initial_states_equal_single_run_inits(plain):
 
 
 def test_per_seed_strategy_has_no_grouped_convolution(plain):
-    """The reason for per_seed: vmap over per-seed kernels must not become a grouped convolution."""
+    """The reason for per_seed: vmap over per-seed kernels must not become a grouped convolution. In the
+    K-seed programs; there, on the CPU, oneDNN's custom calls batch per seed under either strategy."""
+    from jaxfcn.native import onednn
+
     (config, model, images, labels), _ = plain
     batch = {"image": images[0, 0], "label": labels[0, 0]}
-    groups = {}
+    groups, texts = {}, {}
     for strategy in ("vmap", "per_seed"):
         plan, programs = k_seed_programs(config, (), strategy, shared=True)
-        text = programs.train_step.lower(initial_states(plan, programs), batch).as_text()
-        groups[strategy] = {int(g) for g in re.findall(r"feature_group_count = (\d+)", text)}
-    assert len(SEEDS) in groups["vmap"]
-    assert groups["per_seed"] == {1}
+        texts[strategy] = programs.train_step.lower(initial_states(plan, programs), batch).as_text()
+        groups[strategy] = {int(g) for g in re.findall(r"feature_group_count = (\d+)", texts[strategy])}
+    if jax.default_backend() == "cpu" and onednn.available():
+        assert groups == {"vmap": set(), "per_seed": set()}
+        assert all("jaxfcn_conv_backward_weights" in text for text in texts.values())
+    else:
+        assert len(SEEDS) in groups["vmap"]
+        assert groups["per_seed"] == {1}
+
+
+def test_xla_per_seed_conv_has_no_grouped_convolution():
+    """The same rule for XLA's convolutions, at the function level (vmap over kernels and inputs)."""
+    from jaxfcn.models import fast_ops
+
+    x, w = jnp.ones((len(SEEDS), 2, 6, 6, 3)), jnp.ones((len(SEEDS), 3, 3, 3, 4))
+
+    def groups(conv):
+        loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731  (sin: a per-seed incoming gradient)
+        text = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)))).lower(x, w).as_text()
+        return {int(g) for g in re.findall(r"feature_group_count = (\d+)", text)}
+
+    assert len(SEEDS) in groups(fast_ops.xla_fast_conv)
+    assert groups(fast_ops.xla_per_seed_conv) == {1}
 
 
 def test_strategy_choice():

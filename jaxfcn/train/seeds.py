@@ -5,7 +5,8 @@ leading axis of size K (member n is seed S+n). A strategy says how the single-se
 that axis; all strategies compute the same numbers as K separate single-seed steps (tested):
 
 - ``vmap``: ``jax.vmap`` of the step, convolutions as written (``model.conv_impl``, default ``fast``).
-  JAX batches a convolution over per-seed kernels into one *grouped* convolution.
+  JAX batches an XLA convolution over per-seed kernels into one *grouped* convolution; oneDNN's (``fast``
+  on the CPU) batch with the ``per_seed`` rules below, so there the two strategies are one program.
 - ``per_seed``: ``jax.vmap`` of the step with ``conv_impl="per_seed"``: every convolution (forward,
   input- and kernel-gradient) is one plain convolution per seed; everything else (norms, activations,
   up-convolutions, loss, Adam) is vmapped into ops K times larger. With a shared batch the first layer's
