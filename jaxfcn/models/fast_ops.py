@@ -171,34 +171,33 @@ def _seeds_into_batch(fn, axis_size, x, kernel):
     return y.reshape(axis_size, -1, *y.shape[1:]), True
 
 
+def _seed_batched_activation_product(product: Callable, kernel_seeds_into_channels: bool) -> Callable:
+    """``product(a, kernel)`` (a forward or an input gradient: batch in, batch out) with the per-seed vmap
+    rules. ``kernel_seeds_into_channels``: per-seed kernels on a shared input become one call with K·Cout
+    output channels (right for the forward only, whose kernel's last axis is its output's channels)."""
+
+    @jax.custom_batching.custom_vmap
+    def batched(a, kernel):
+        return product(a, kernel)
+
+    @batched.def_vmap
+    def _batched_vmap(axis_size, in_batched, a, kernel):
+        a_batched, kernel_batched = in_batched
+        if a_batched and not kernel_batched:
+            return _seeds_into_batch(batched, axis_size, a, kernel)
+        if kernel_batched and not a_batched and kernel_seeds_into_channels:
+            return _channels_to_seed(batched(a, _seed_to_channels(kernel)), axis_size), True
+        return _one_per_seed(batched, axis_size, in_batched, (a, kernel))
+
+    return batched
+
+
 def seed_batched_conv(forward: Callable, input_grad: Callable, kernel_grad: Callable) -> Callable:
     """The convolution ``conv(x, kernel)`` whose three products are ``forward(x, kernel)``,
     ``input_grad(dy, kernel)`` and ``kernel_grad(x, dy, kernel_shape)``, each with the per-seed vmap rules
     above. The products must compute :func:`jaxfcn.models.layers.conv` and its two gradients."""
-
-    @jax.custom_batching.custom_vmap
-    def conv_forward(x, kernel):
-        return forward(x, kernel)
-
-    @conv_forward.def_vmap
-    def _conv_forward_vmap(axis_size, in_batched, x, kernel):
-        x_batched, kernel_batched = in_batched
-        if x_batched and not kernel_batched:
-            return _seeds_into_batch(conv_forward, axis_size, x, kernel)
-        if kernel_batched and not x_batched:
-            return _channels_to_seed(conv_forward(x, _seed_to_channels(kernel)), axis_size), True
-        return _one_per_seed(conv_forward, axis_size, in_batched, (x, kernel))
-
-    @jax.custom_batching.custom_vmap
-    def conv_input_grad(dy, kernel):
-        return input_grad(dy, kernel)
-
-    @conv_input_grad.def_vmap
-    def _conv_input_grad_vmap(axis_size, in_batched, dy, kernel):
-        dy_batched, kernel_batched = in_batched
-        if dy_batched and not kernel_batched:
-            return _seeds_into_batch(conv_input_grad, axis_size, dy, kernel)
-        return _one_per_seed(conv_input_grad, axis_size, in_batched, (dy, kernel))
+    conv_forward = _seed_batched_activation_product(forward, kernel_seeds_into_channels=True)
+    conv_input_grad = _seed_batched_activation_product(input_grad, kernel_seeds_into_channels=False)
 
     @jax.custom_batching.custom_vmap
     def conv_kernel_grad(x, dy, kernel):

@@ -171,10 +171,12 @@ class UNet(nn.Module):
         for level, feat in enumerate(enc[:-1]):
             self.sow("intermediates", f"enc_{level}", feat)
         self.sow("intermediates", "bottleneck", enc[-1])
-        # Split the skip off the decoder's first convolutions where measured faster (benchmarks/README.md):
-        # with a frozen encoder, whose skips need no gradient (CPU step 0.82–0.96×, 2D and 3D), and in every
-        # CPU train step (2D 0.92–0.96×, 3D 0.97–1.06×). A forward alone is faster concatenated (CPU 64³
-        # 1.06×), and a GPU's full step keeps the concatenation it was measured with.
+        # Split the skip off the decoder's first convolutions where measured faster (benchmarks/README.md,
+        # "Split skip"): with a frozen encoder, whose skips need no gradient (CPU step 0.82–0.96× on XLA's
+        # convolutions, 0.88–0.97× on oneDNN's, 2D and 3D), and in every CPU train step (XLA's: 2D
+        # 0.92–0.96×, 3D 0.97–1.06×; oneDNN's: 2D 1.01×, 3D 32³ 1.05–1.08×, 64³ 0.96×, no clear winner).
+        # A forward alone is faster concatenated (CPU 64³ 1.06×), and a GPU's full step keeps the
+        # concatenation it was measured with.
         if self.skip_join not in SKIP_JOINS:
             raise ValueError(f"unknown skip_join '{self.skip_join}', choose from {', '.join(SKIP_JOINS)}")
         if self.skip_join == "auto":

@@ -214,26 +214,16 @@ ffi::Error backward_weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, f
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_forward, forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
-                                  .Attr<ffi::Span<const int64_t>>("pad_hi"));
+// The three handlers' one signature: two float32 arrays and the padding in, one float32 array out.
+auto conv_binding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<ffi::Span<const int64_t>>("pad_lo")
+      .Attr<ffi::Span<const int64_t>>("pad_hi");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_backward_data, backward_data,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
-                                  .Attr<ffi::Span<const int64_t>>("pad_hi"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_backward_weights, backward_weights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
-                                  .Attr<ffi::Span<const int64_t>>("pad_hi"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_forward, forward, conv_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_backward_data, backward_data, conv_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxfcn_conv_backward_weights, backward_weights, conv_binding());
