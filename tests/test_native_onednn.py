@@ -109,6 +109,9 @@ def test_without_onednn_the_default_uses_xla_convolutions(tmp_path, env, reason)
         reason = "wheel"
     assert not result["available"] and reason in result["reason"] and "\n" not in result["reason"]
     assert not result["custom_call"] and result["equal"]
+    # A broken build where oneDNN is installed is said on stderr, in one line; turning it off is silent.
+    warned = [line for line in done.stderr.splitlines() if "oneDNN convolutions unavailable" in line]
+    assert len(warned) == (1 if env.get("CXX") and BUILT_HERE else 0), done.stderr[-2000:]
 
 
 @needs_onednn

@@ -108,7 +108,10 @@ def _load() -> str | None:
     try:
         lib = ctypes.cdll.LoadLibrary(str(library_path()))
     except (NativeUnavailable, OSError) as e:
-        logging.getLogger("jaxfcn").info("oneDNN convolutions unavailable, using XLA's: %s", e)
+        # A warning where pyproject.toml installs oneDNN (something is broken there); elsewhere only INFO.
+        installed_here = platform.system() == "Linux" and platform.machine() == "x86_64"
+        logging.getLogger("jaxfcn").log(logging.WARNING if installed_here else logging.INFO,
+                                        "oneDNN convolutions unavailable, using XLA's (slower on the CPU): %s", e)
         return str(e)
     for target in TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
