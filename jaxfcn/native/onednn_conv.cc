@@ -11,8 +11,8 @@
 // Why: XLA:CPU's Eigen convolutions take about twice oneDNN's CPU time for the U-Net's thin layers, and
 // XLA transposes activations around every kernel gradient (benchmarks/README.md, issue 17).
 //
-// Primitive descriptors are built once per shape and kept (creating one dispatches among oneDNN's
-// implementations, ~0.1 ms). Scratch memory is per calling thread, because XLA may run two handlers at once.
+// Primitives (and the weights' reorders) are built once per shape and kept. Scratch memory is per calling
+// thread, because XLA may run two handlers at once.
 
 #include <array>
 #include <cstdint>
@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "dnnl.hpp"
@@ -68,35 +69,55 @@ memory::desc any(const Dims& dims) {
   return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
 }
 
-// One convolution's three primitives and the layouts they chose for the weights.
-struct Primitives {
-  dnnl::convolution_forward::primitive_desc forward_pd;
-  dnnl::convolution_backward_data::primitive_desc data_pd;
-  dnnl::convolution_backward_weights::primitive_desc weights_pd;
-  dnnl::convolution_forward forward;
-  dnnl::convolution_backward_data data;
-  dnnl::convolution_backward_weights weights;
+// One product of one convolution, ready to run: the primitive, its scratchpad's layout, the layout it
+// chose for the weights and, when that differs from JAX's (D)HWIO, the reorder between the two (user ->
+// blocked for the forward and input gradient, blocked -> user for the kernel gradient).
+struct Prepared {
+  dnnl::primitive primitive;
+  memory::desc scratch, weights;
+  bool reorders = false;
+  dnnl::reorder reorder;
 
-  explicit Primitives(const Shape& s) {
+  Prepared(dnnl::primitive conv, const memory::desc& scratch_layout, const memory::desc& chosen_weights,
+           const memory::desc& user_weights, bool weights_are_output)
+      : primitive(std::move(conv)), scratch(scratch_layout), weights(chosen_weights),
+        reorders(chosen_weights != user_weights) {
+    if (!reorders) return;
     auto& engine = cpu_engine();
-    const size_t rank = s.src.size();
-    const Dims strides(rank - 2, 1);
+    reorder = weights_are_output ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, chosen_weights, engine, user_weights))
+                                 : dnnl::reorder(dnnl::reorder::primitive_desc(engine, user_weights, engine, chosen_weights));
+  }
+};
+
+// One convolution's three products (built once per shape: creating a primitive dispatches among oneDNN's
+// implementations and JIT-compiles its kernel).
+struct Primitives {
+  memory::desc src, dst, user_weights;
+  std::vector<Prepared> products;  // indexed by Product
+
+  explicit Primitives(const Shape& s)
+      : src(plain(s.src, activation_tag(s.src.size()))),
+        dst(plain(s.dst, activation_tag(s.src.size()))),
+        user_weights(plain(s.weights, kernel_tag(s.src.size()))) {
+    auto& engine = cpu_engine();
+    const Dims strides(s.src.size() - 2, 1);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const auto src = plain(s.src, activation_tag(rank));
-    const auto dst = plain(s.dst, activation_tag(rank));
-    forward_pd = dnnl::convolution_forward::primitive_desc(
+    const dnnl::convolution_forward::primitive_desc forward(
         engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, any(s.weights),
         dst, strides, s.pad_lo, s.pad_hi, attr);
-    data_pd = dnnl::convolution_backward_data::primitive_desc(
+    const dnnl::convolution_backward_data::primitive_desc data(
         engine, dnnl::algorithm::convolution_direct, src, any(s.weights), dst, strides, s.pad_lo, s.pad_hi,
-        forward_pd, attr);
-    weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        forward, attr);
+    const dnnl::convolution_backward_weights::primitive_desc weights(
         engine, dnnl::algorithm::convolution_direct, src, any(s.weights), dst, strides, s.pad_lo, s.pad_hi,
-        forward_pd, attr);
-    forward = dnnl::convolution_forward(forward_pd);
-    data = dnnl::convolution_backward_data(data_pd);
-    weights = dnnl::convolution_backward_weights(weights_pd);
+        forward, attr);
+    products.emplace_back(dnnl::convolution_forward(forward), forward.scratchpad_desc(), forward.weights_desc(),
+                          user_weights, false);
+    products.emplace_back(dnnl::convolution_backward_data(data), data.scratchpad_desc(), data.weights_desc(),
+                          user_weights, false);
+    products.emplace_back(dnnl::convolution_backward_weights(weights), weights.scratchpad_desc(),
+                          weights.diff_weights_desc(), user_weights, true);
   }
 };
 
@@ -146,36 +167,29 @@ ffi::Error run(Product product, const Shape& shape, void* src, void* weights, vo
     thread_local ThreadBuffers buffers;
     thread_local dnnl::stream stream(cpu_engine());
     auto& engine = cpu_engine();
-    auto& p = primitives_for(shape);
-    const size_t rank = shape.src.size();
-    memory src_mem(plain(shape.src, activation_tag(rank)), engine, src);
-    memory dst_mem(plain(shape.dst, activation_tag(rank)), engine, dst);
-    memory user_weights(plain(shape.weights, kernel_tag(rank)), engine, weights);
-    const memory::desc scratch_md = product == Product::kForward        ? p.forward_pd.scratchpad_desc()
-                                    : product == Product::kBackwardData ? p.data_pd.scratchpad_desc()
-                                                                        : p.weights_pd.scratchpad_desc();
-    memory scratch(scratch_md, engine, reserve(buffers.scratch, scratch_md.get_size()));
-    const memory::desc weights_md = product == Product::kForward        ? p.forward_pd.weights_desc()
-                                    : product == Product::kBackwardData ? p.data_pd.weights_desc()
-                                                                        : p.weights_pd.diff_weights_desc();
-    const bool reorder = weights_md != user_weights.get_desc();
+    const auto& p = primitives_for(shape);
+    const auto& step = p.products[static_cast<size_t>(product)];
+    memory src_mem(p.src, engine, src);
+    memory dst_mem(p.dst, engine, dst);
+    memory user_weights(p.user_weights, engine, weights);
+    memory scratch(step.scratch, engine, reserve(buffers.scratch, step.scratch.get_size()));
     memory used_weights =
-        reorder ? memory(weights_md, engine, reserve(buffers.weights, weights_md.get_size())) : user_weights;
-    if (reorder && product != Product::kBackwardWeights)
-      dnnl::reorder(user_weights, used_weights).execute(stream, user_weights, used_weights);
+        step.reorders ? memory(step.weights, engine, reserve(buffers.weights, step.weights.get_size())) : user_weights;
+    if (step.reorders && product != Product::kBackwardWeights)
+      step.reorder.execute(stream, user_weights, used_weights);
     switch (product) {
       case Product::kForward:
-        p.forward.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, used_weights},
-                                   {DNNL_ARG_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        step.primitive.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, used_weights},
+                                        {DNNL_ARG_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
         break;
       case Product::kBackwardData:
-        p.data.execute(stream, {{DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_WEIGHTS, used_weights},
-                                {DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        step.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_WEIGHTS, used_weights},
+                                        {DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
         break;
       case Product::kBackwardWeights:
-        p.weights.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_DST, dst_mem},
-                                   {DNNL_ARG_DIFF_WEIGHTS, used_weights}, {DNNL_ARG_SCRATCHPAD, scratch}});
-        if (reorder) dnnl::reorder(used_weights, user_weights).execute(stream, used_weights, user_weights);
+        step.primitive.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_DST, dst_mem},
+                                        {DNNL_ARG_DIFF_WEIGHTS, used_weights}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        if (step.reorders) step.reorder.execute(stream, used_weights, user_weights);
         break;
     }
     stream.wait();
