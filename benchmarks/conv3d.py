@@ -43,7 +43,7 @@ def formulations() -> dict:
     def depth_sum(x, w):
         n, d, h, wd, c = x.shape
         kd = w.shape[0]
-        xp = jnp.pad(x, ((0, 0), fast_ops._depth_padding(kd), (0, 0), (0, 0), (0, 0)))
+        xp = jnp.pad(x, ((0, 0), layers.same_padding(kd), (0, 0), (0, 0), (0, 0)))
         planes = [jax.lax.conv_general_dilated(xp[:, k:k + d].reshape(n * d, h, wd, c), w[k], (1, 1), "SAME",
                                                dimension_numbers=("NHWC", "HWIO", "NHWC")) for k in range(kd)]
         return sum(planes).reshape(n, d, h, wd, -1)

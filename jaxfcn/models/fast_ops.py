@@ -48,17 +48,12 @@ def _conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _depth_padding(kd: int) -> tuple[int, int]:
-    """'SAME' padding of the depth axis for a kernel of depth ``kd`` (as ``lax``: (kd−1)//2 low)."""
-    return (kd - 1) // 2, kd // 2
-
-
 def _depth_into_input_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3D conv as one 2D conv over the (N·D) depth planes, each plane's input the kd depth-shifted planes
     stacked on channels: kernel (kd, kh, kw, C, O) read as (kh, kw, kd·C, O)."""
     n, d, h, w, c = x.shape
     kd = kernel.shape[0]
-    xp = jnp.pad(x, ((0, 0), _depth_padding(kd), (0, 0), (0, 0), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), layers.same_padding(kd), (0, 0), (0, 0), (0, 0)))
     stacked = jnp.concatenate([xp[:, k:k + d] for k in range(kd)], axis=-1).reshape(n * d, h, w, kd * c)
     folded = jnp.moveaxis(kernel, 0, 2).reshape(*kernel.shape[1:3], kd * c, kernel.shape[-1])
     return _conv2d(stacked, folded).reshape(n, d, h, w, -1)
@@ -73,7 +68,7 @@ def _depth_into_output_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
     z = _conv2d(x.reshape(n * d, h, w, c), folded).reshape(n, d, h, w, kd, out)
     # Each block placed by a slice and a pad of that slice (not a slice of one padded z): XLA fuses these
     # pads into the sum, where a padded copy of z would be written out first.
-    low = _depth_padding(kd)[0]
+    low = layers.same_padding(kd)[0]
     terms = []
     for k in range(kd):
         shift = k - low  # y[i] += z_k[i + shift] where 0 <= i + shift < d
@@ -125,7 +120,7 @@ def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """
     spatial = x.ndim - 2
     k = kernel.shape[:spatial]
-    pads = [(0, 0)] + [((ki - 1) // 2, ki // 2) for ki in k] + [(0, 0)]
+    pads = [(0, 0)] + [layers.same_padding(ki) for ki in k] + [(0, 0)]
     xp = jnp.pad(x, pads)
     shape = x.shape[1:-1]
     # The shifted views in kernel-offset (row-major) order, matching kernel.reshape(-1, cin, cout).

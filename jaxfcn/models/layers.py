@@ -55,6 +55,12 @@ def kernel_initializer(name: str) -> Callable:
     return KERNEL_INITS[name]
 
 
+def same_padding(k: int) -> tuple[int, int]:
+    """(low, high) padding of one axis of a 'SAME' stride-1 convolution with a kernel of side ``k``, as
+    ``lax`` pads it: (k−1)//2 low, k//2 high (an even kernel pads one more on the high side)."""
+    return (k - 1) // 2, k // 2
+
+
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'SAME' stride-1 convolution, x (N, *S, Cin), kernel (*k, Cin, Cout) -> (N, *S, Cout)."""
     spatial = x.ndim - 2

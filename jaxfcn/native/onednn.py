@@ -129,10 +129,11 @@ def unavailable_reason() -> str | None:
 
 
 def _padding(kernel_shape) -> dict:
-    """'SAME' padding of a stride-1 convolution, as ``lax``: (k−1)//2 low, k//2 high on each spatial axis."""
-    spatial = kernel_shape[:-2]
-    return {"pad_lo": np.array([(k - 1) // 2 for k in spatial], np.int64),
-            "pad_hi": np.array([k // 2 for k in spatial], np.int64)}
+    """The handlers' padding attributes: 'SAME' on each spatial axis (:func:`jaxfcn.models.layers.same_padding`)."""
+    from jaxfcn.models.layers import same_padding  # here: jaxfcn.models imports this module
+
+    low, high = zip(*(same_padding(k) for k in kernel_shape[:-2]))
+    return {"pad_lo": np.array(low, np.int64), "pad_hi": np.array(high, np.int64)}
 
 
 def _call(target: str, shape, dtype, *args, kernel_shape) -> jax.Array:
@@ -168,10 +169,14 @@ def _batch_sharded(mesh, axes, rank: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes, *([None] * (rank - 1))))
 
 
+def _spatial_factors(rank: int) -> tuple[str, str]:
+    """Shardy factor names of an activation's spatial axes (s0 s1 …) and of a kernel's (k0 k1 …)."""
+    return " ".join(f"s{i}" for i in range(rank - 2)), " ".join(f"k{i}" for i in range(rank - 2))
+
+
 def _activation_rule(rank: int) -> str:
     """Shardy's rule of forward / input gradient: activation (b, *s, c), kernel (*k, c, o) -> (b, *s, o)."""
-    s = " ".join(f"s{i}" for i in range(rank - 2))
-    k = " ".join(f"k{i}" for i in range(rank - 2))
+    s, k = _spatial_factors(rank)
     return f"b {s} c, {k} c o -> b {s} o"
 
 
@@ -217,8 +222,7 @@ def _partitioned_kernel_grad(rank: int) -> custom_partitioning:
 
         return mesh, lower, NamedSharding(mesh, PartitionSpec()), (sharded, sharded)
 
-    s = " ".join(f"s{i}" for i in range(rank - 2))
-    k = " ".join(f"k{i}" for i in range(rank - 2))
+    s, k = _spatial_factors(rank)
     rule = f"b {s} c, b {s} o -> {k} c o"
     product.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
                           reduction_factors=("b",), need_replication_factors=_all_but_batch(rule))
