@@ -16,10 +16,6 @@ def get_config():
     c.model.depth = 3
     c.model.base_width = 8
     c.model.norm_groups = 4
-    # XLA's own convolutions: at this scale (base 8, 40² slices, batch 8) a CPU train step measured 7–12 % faster
-    # with them than with oneDNN's (benchmarks/README.md, "oneDNN convolutions"), and the study of record was
-    # trained with them.
-    c.model.conv_impl = "fast_xla"
     c.data.spacing = 5.0
     c.data.slice_shape = (40, 40)
     c.data.train_subjects = 8

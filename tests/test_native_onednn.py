@@ -1,6 +1,7 @@
 """oneDNN's convolutions as XLA custom calls (jaxfcn.native.onednn): built here, equal to XLA's convolution
-(values and both gradients, 2D and 3D, odd shapes, even and 1×1 kernels, one input channel), used by the
-default formulation on the CPU, and refused cleanly (XLA's convolutions instead) where they cannot be built."""
+(values and both gradients, 2D and 3D, odd shapes, even and 1×1 kernels, one input channel, batches split
+over XLA's threads) and to the matmul up-convolution, used by the default formulation on the CPU, and
+refused cleanly (XLA's convolutions instead) where they cannot be built."""
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ def products(conv, x, w, dy):
     ((1, 4, 4, 4, 1), (3, 3, 3, 1, 8)),   # one input channel: the first layer
     ((2, 3, 5, 4, 6), (1, 1, 1, 6, 2)),   # the 1×1×1 head
     ((1, 4, 6, 5, 2), (2, 3, 2, 2, 3)),   # even kernel sides: 'SAME' pads (k−1)//2 low, k//2 high
+    ((5, 4, 6, 5, 3), (3, 3, 3, 3, 2)),   # five examples: uneven slices of the batch on XLA's threads
     ((3, 9, 7, 5), (3, 3, 5, 7)),         # 2D
     ((2, 6, 8, 16), (2, 2, 16, 4)),       # 2D, even kernel
 ])
@@ -53,6 +55,28 @@ def test_onednn_products_equal_xla_convolution(shape, kernel):
         assert ours.shape == ref.shape, name
         error = float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
         assert error < 2e-6, f"{name}: relative error {error}"  # float32 rounding of sums of ≤ 600 products
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,out_channels", [
+    ((2, 3, 5, 4, 6), 3),   # 3D, depth ≠ height ≠ width
+    ((1, 2, 2, 2, 8), 4),   # one example: oneDNN's own threads
+    ((5, 7, 3, 4), 6),      # 2D, five examples in uneven slices
+    ((3, 4, 4, 16), 16),
+])
+def test_onednn_up_products_equal_matmul_up_convolution(shape, out_channels):
+    """The decoder's stride-2 transposed convolution (oneDNN's deconvolution on the UpConv kernel read with
+    strides) against :func:`jaxfcn.models.layers.up_conv` (matmul and depth-to-space)."""
+    spatial = len(shape) - 2
+    ks = jax.random.split(jax.random.key(sum(shape)), 3)
+    x = jax.random.normal(ks[0], shape)
+    w = jax.random.normal(ks[1], (shape[-1], 2**spatial * out_channels))
+    dy = jax.random.normal(ks[2], (shape[0], *(2 * s for s in shape[1:-1]), out_channels))
+    for name, ours, ref in zip(("forward", "input gradient", "kernel gradient"),
+                               products(fast_ops.onednn_up_conv, x, w, dy), products(layers.up_conv, x, w, dy)):
+        assert ours.shape == ref.shape, name
+        error = float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
+        assert error < 2e-6, f"{name}: relative error {error}"
 
 
 @needs_onednn
@@ -70,6 +94,13 @@ def test_fast_step_calls_onednn_on_cpu_and_fast_xla_does_not(spatial):
         assert fast.count(target) >= 1, target
     assert "stablehlo.convolution" not in fast
     assert "jaxfcn_conv" not in text(fast_ops.xla_fast_conv)
+    # The decoder's up-convolution: oneDNN's in `fast`, the matmul in `fast_xla`.
+    up = fast_ops.kernels("fast").up_conv
+    assert up is fast_ops.fast_up_conv and fast_ops.kernels("fast_xla").up_conv is layers.up_conv
+    w_up = jnp.ones((3, 2**spatial * 4))
+    up_text = jax.jit(lambda x, w, dy: products(up, x, w, dy)).lower(x, w_up, jnp.ones((2,) + (12,) * spatial + (4,)))
+    for target in onednn.UP_TARGETS:
+        assert up_text.as_text().count(target) >= 1, target
 
 
 @needs_onednn

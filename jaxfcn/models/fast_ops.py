@@ -10,10 +10,11 @@ computes with:
 
   * group norm with the ReLU fused and a hand-written gradient (:func:`group_norm`);
   * max-pool as a reshape and a max, with a one-pass gradient (:func:`max_pool`);
-  * on the CPU, float32 convolutions as oneDNN custom calls (:data:`onednn_conv`,
-    :mod:`jaxfcn.native.onednn`), the kernels PyTorch's CPU convolutions use; where they cannot be built,
-    or for other dtypes, XLA's own as in ``fast_xla``.
-- ``fast_xla``: ``fast`` with XLA's own convolutions (:func:`xla_fast_conv`): on the CPU, 3D convolutions
+  * on the CPU, float32 convolutions and up-convolutions as oneDNN custom calls (:data:`onednn_conv`,
+    :data:`onednn_up_conv`, :mod:`jaxfcn.native.onednn`), the kernels PyTorch's CPU convolutions use;
+    where they cannot be built, or for other dtypes, XLA's own as in ``fast_xla``.
+- ``fast_xla``: ``fast`` with XLA's own convolutions (:func:`xla_fast_conv`, and the up-convolution as a
+  matmul, :func:`jaxfcn.models.layers.up_conv`): on the CPU, 3D convolutions
   as 2D convolutions over the depth axis (:func:`conv3d_as_2d`), since XLA:CPU's native 3D convolution is
   several times slower than the 2D convolutions that compute the same sums.
 - ``per_seed``: ``fast`` with convolutions whose ``vmap`` over per-seed kernels is one convolution per seed
@@ -187,11 +188,15 @@ def _seed_batched_activation_product(product: Callable, kernel_seeds_into_channe
     return batched
 
 
-def seed_batched_conv(forward: Callable, input_grad: Callable, kernel_grad: Callable) -> Callable:
+def seed_batched_conv(forward: Callable, input_grad: Callable, kernel_grad: Callable,
+                      seeds_into_channels: bool = True) -> Callable:
     """The convolution ``conv(x, kernel)`` whose three products are ``forward(x, kernel)``,
     ``input_grad(dy, kernel)`` and ``kernel_grad(x, dy, kernel_shape)``, each with the per-seed vmap rules
-    above. The products must compute :func:`jaxfcn.models.layers.conv` and its two gradients."""
-    conv_forward = _seed_batched_activation_product(forward, kernel_seeds_into_channels=True)
+    above. The products must compute a linear layer's value and its two gradients:
+    :func:`jaxfcn.models.layers.conv`, or :func:`jaxfcn.models.layers.up_conv` with
+    ``seeds_into_channels=False`` (its kernel's output channels interleave the taps, so per-seed kernels on
+    a shared input cannot fold into them; those run one call per seed)."""
+    conv_forward = _seed_batched_activation_product(forward, kernel_seeds_into_channels=seeds_into_channels)
     conv_input_grad = _seed_batched_activation_product(input_grad, kernel_seeds_into_channels=False)
 
     @jax.custom_batching.custom_vmap
@@ -202,7 +207,7 @@ def seed_batched_conv(forward: Callable, input_grad: Callable, kernel_grad: Call
     @conv_kernel_grad.def_vmap
     def _conv_kernel_grad_vmap(axis_size, in_batched, x, dy, kernel):
         x_batched, dy_batched, _ = in_batched
-        if dy_batched and not x_batched:
+        if dy_batched and not x_batched and seeds_into_channels:
             # Shared input (first layer, seeds sharing batches): one weight-gradient with K·Cout channels.
             kernel = jnp.zeros(kernel.shape[-x.ndim:-1] + (axis_size * dy.shape[-1],), dy.dtype)
             return _channels_to_seed(conv_kernel_grad(x, _seed_to_channels(dy), kernel), axis_size), True
@@ -240,6 +245,12 @@ onednn_conv.__doc__ = """:func:`jaxfcn.models.layers.conv` as oneDNN custom call
 float32 on the CPU, with the per-seed vmap rules. Needs ``onednn.available()``."""
 
 
+onednn_up_conv = seed_batched_conv(onednn.up_forward, onednn.up_input_grad, onednn.up_kernel_grad,
+                                   seeds_into_channels=False)
+onednn_up_conv.__doc__ = """:func:`jaxfcn.models.layers.up_conv` as oneDNN custom calls, float32 on the CPU, with the
+per-seed vmap rules. Needs ``onednn.available()``."""
+
+
 def _use_onednn(x: jax.Array) -> bool:
     """oneDNN's kernels replace XLA's for float32 CPU convolutions wherever they are built (trace time)."""
     return x.dtype == jnp.float32 and jax.default_backend() == "cpu" and onednn.available()
@@ -249,6 +260,12 @@ def fast_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """:func:`jaxfcn.models.layers.conv` in the formulation that measured fastest for its dtype and backend:
     oneDNN's kernels for float32 on the CPU (:data:`onednn_conv`), else :func:`xla_fast_conv`."""
     return onednn_conv(x, kernel) if _use_onednn(x) else xla_fast_conv(x, kernel)
+
+
+def fast_up_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`jaxfcn.models.layers.up_conv`: oneDNN's deconvolution for float32 on the CPU
+    (:data:`onednn_up_conv`), else the matmul and depth-to-space."""
+    return onednn_up_conv(x, kernel) if _use_onednn(x) else layers.up_conv(x, kernel)
 
 
 def per_seed_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -409,12 +426,12 @@ _group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 # --- the switch ----------------------------------------------------------------------------------------
 
-_FAST = Kernels(conv=fast_conv, group_norm=group_norm, max_pool=max_pool)
+_FAST = Kernels(conv=fast_conv, group_norm=group_norm, max_pool=max_pool, up_conv=fast_up_conv)
 
 KERNELS: dict[str, Kernels] = {
     "plain": layers.PLAIN,
     "fast": _FAST,
-    "fast_xla": _FAST._replace(conv=xla_fast_conv),
+    "fast_xla": _FAST._replace(conv=xla_fast_conv, up_conv=layers.up_conv),
     "per_seed": _FAST._replace(conv=per_seed_conv),
     "im2col": _FAST._replace(conv=im2col_conv),
 }

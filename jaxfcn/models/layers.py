@@ -96,19 +96,42 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     return nn.max_pool(x, (window,) * len(spatial), strides=(window,) * len(spatial))
 
 
+def depth_to_space(x: jax.Array, spatial: int) -> jax.Array:
+    """(N, *S, 2^d·C) → (N, *2S, C); channel index = ((a·2 + b)·2 + c)·C + o for offsets (a, b, c)."""
+    n, *s, ch = x.shape
+    c = ch // (2**spatial)
+    x = x.reshape(n, *s, *([2] * spatial), c)
+    # interleave each spatial axis with its offset axis: (N, S0, 2, S1, 2, ..., C)
+    perm = [0]
+    for i in range(spatial):
+        perm += [1 + i, 1 + spatial + i]
+    perm.append(1 + 2 * spatial)
+    x = x.transpose(perm)
+    return x.reshape(n, *[2 * si for si in s], c)
+
+
+def up_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The 2×…×2 stride-2 transposed convolution of :class:`UpConv` without its bias: x (N, *S, Ci) and
+    kernel (Ci, 2^d·Co) -> (N, *2S, Co), ``y[2i + a, o] = Σ_c x[i, c] kernel[c, a·Co + o]`` with the tap
+    index ``a`` of :func:`depth_to_space`. One matmul, then depth-to-space."""
+    return depth_to_space(x @ kernel, x.ndim - 2)
+
+
 class Kernels(NamedTuple):
     """The functions the layers compute with: one formulation of the U-Net (see :mod:`jaxfcn.models.fast_ops`).
 
-    ``conv(x, kernel)``, ``group_norm(x, scale, bias, groups, epsilon, relu)`` and ``max_pool(x, window)``
-    have the signatures and the values of :func:`conv`, :func:`group_norm` and :func:`max_pool`.
+    ``conv(x, kernel)``, ``group_norm(x, scale, bias, groups, epsilon, relu)``, ``max_pool(x, window)`` and
+    ``up_conv(x, kernel)`` have the signatures and the values of :func:`conv`, :func:`group_norm`,
+    :func:`max_pool` and :func:`up_conv`.
     """
 
     conv: Callable
     group_norm: Callable
     max_pool: Callable
+    up_conv: Callable
 
 
-PLAIN = Kernels(conv=conv, group_norm=group_norm, max_pool=max_pool)
+PLAIN = Kernels(conv=conv, group_norm=group_norm, max_pool=max_pool, up_conv=up_conv)
 
 
 class ConvND(nn.Module):
@@ -144,22 +167,9 @@ class ConvND(nn.Module):
         return y
 
 
-def depth_to_space(x: jax.Array, spatial: int) -> jax.Array:
-    """(N, *S, 2^d·C) → (N, *2S, C); channel index = ((a·2 + b)·2 + c)·C + o for offsets (a, b, c)."""
-    n, *s, ch = x.shape
-    c = ch // (2**spatial)
-    x = x.reshape(n, *s, *([2] * spatial), c)
-    # interleave each spatial axis with its offset axis: (N, S0, 2, S1, 2, ..., C)
-    perm = [0]
-    for i in range(spatial):
-        perm += [1 + i, 1 + spatial + i]
-    perm.append(1 + 2 * spatial)
-    x = x.transpose(perm)
-    return x.reshape(n, *[2 * si for si in s], c)
-
-
 class UpConv(nn.Module):
-    """2×…×2, stride-2 transposed convolution, computed as a per-voxel Dense then depth-to-space.
+    """2×…×2, stride-2 transposed convolution: ``kernels.up_conv`` (plainly :func:`up_conv`, a per-voxel Dense
+    then depth-to-space) plus a bias.
 
     With ``K = kernel.reshape(Cin, 2, …, 2, Cout)`` the output at ``2i + a`` is ``Σ_c x[i, c] K[c, a, o] + b[o]``:
     exactly a transposed convolution with kernel ``K[:, a, :]`` and stride 2 (no overlap between taps), but
@@ -173,6 +183,7 @@ class UpConv(nn.Module):
     spatial: int
     kernel_init: Callable = nn.initializers.he_normal()
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x):
@@ -181,8 +192,8 @@ class UpConv(nn.Module):
         # fan_in of the equivalent transposed convolution is Cin (each output sees one input voxel).
         kernel = self.param("kernel", self.kernel_init, (cin, taps * self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = x.astype(self.dtype) @ kernel.astype(self.dtype)
-        return depth_to_space(y, self.spatial) + bias.astype(self.dtype)
+        y = self.kernels.up_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
 class GroupNorm(nn.Module):

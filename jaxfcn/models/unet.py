@@ -120,7 +120,7 @@ class Decoder(_Part):
         outputs = []
         for level in reversed(range(len(self.widths) - 1)):
             x = UpConv(self.widths[level], self.spatial_dims, kernel_init=kernel_initializer(self.kernel_init),
-                       dtype=self.dtype, name=f"up_{level}")(x)
+                       dtype=self.dtype, kernels=self.kernels, name=f"up_{level}")(x)
             parts = (skips[level].astype(x.dtype), x)
             x = self.block(level)(parts if self.split_skip else jnp.concatenate(parts, axis=-1), train)
             outputs.append(x)

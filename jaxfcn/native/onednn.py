@@ -1,5 +1,6 @@
-"""oneDNN convolutions inside XLA:CPU programs: the three products of a stride-1 channels-last convolution
-(forward, input gradient, kernel gradient) as XLA FFI custom calls into oneDNN (``onednn_conv.cc``).
+"""oneDNN convolutions inside XLA:CPU programs: the three products (forward, input gradient, kernel gradient)
+of the U-Net's stride-1 channels-last convolution and of its decoder's 2×…×2 stride-2 up-convolution, as XLA
+FFI custom calls into oneDNN (``onednn_conv.cc``). Each call runs on XLA's own CPU threads.
 
 Why: XLA:CPU runs convolutions with Eigen, which takes about twice oneDNN's time on the U-Net's thin 3D
 layers, and it transposes activations around every kernel gradient (``benchmarks/README.md``, CPU: 3D).
@@ -20,6 +21,7 @@ Example::
         y = onednn.forward(x, kernel)            # = jaxfcn.models.layers.conv(x, kernel)
         dx = onednn.input_grad(dy, kernel)
         dk = onednn.kernel_grad(x, dy, kernel.shape)
+        u = onednn.up_forward(x, up_kernel)      # = jaxfcn.models.layers.up_conv(x, up_kernel)
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 RUNTIME_WHEEL, HEADERS_WHEEL = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 TARGETS = ("jaxfcn_conv_forward", "jaxfcn_conv_backward_data", "jaxfcn_conv_backward_weights")
+UP_TARGETS = ("jaxfcn_up_forward", "jaxfcn_up_backward_data", "jaxfcn_up_backward_weights")
 
 
 class NativeUnavailable(RuntimeError):
@@ -72,7 +75,7 @@ def _build(out: Path, compiler: str, include: list[Path], library: Path) -> None
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", *(f"-I{d}" for d in include), str(SOURCE),
-           f"-L{library.parent}", f"-l:{library.name}", f"-Wl,-rpath,{library.parent}", "-o", tmp]
+           f"-L{library.parent}", f"-l:{library.name}", "-l:libgomp.so.1", f"-Wl,-rpath,{library.parent}", "-o", tmp]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -113,7 +116,7 @@ def _load() -> str | None:
         logging.getLogger("jaxfcn").log(logging.WARNING if installed_here else logging.INFO,
                                         "oneDNN convolutions unavailable, using XLA's (slower on the CPU): %s", e)
         return str(e)
-    for target in TARGETS:
+    for target in TARGETS + UP_TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
     return None
 
@@ -136,22 +139,37 @@ def _padding(kernel_shape) -> dict:
     return {"pad_lo": np.array(low, np.int64), "pad_hi": np.array(high, np.int64)}
 
 
-def _call(target: str, shape, dtype, *args, kernel_shape) -> jax.Array:
+def _call(target: str, shape, dtype, *args, **attributes) -> jax.Array:
     if not available():  # registers the handlers before the first program that calls them is traced
         raise NativeUnavailable(f"oneDNN convolutions unavailable: {unavailable_reason()}")
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))(*args, **_padding(kernel_shape))
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))(*args, **attributes)
 
 
 def _forward_local(x, kernel):
-    return _call(TARGETS[0], x.shape[:-1] + kernel.shape[-1:], x.dtype, x, kernel, kernel_shape=kernel.shape)
+    return _call(TARGETS[0], x.shape[:-1] + kernel.shape[-1:], x.dtype, x, kernel, **_padding(kernel.shape))
 
 
 def _input_grad_local(dy, kernel):
-    return _call(TARGETS[1], dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype, dy, kernel, kernel_shape=kernel.shape)
+    return _call(TARGETS[1], dy.shape[:-1] + kernel.shape[-2:-1], dy.dtype, dy, kernel, **_padding(kernel.shape))
 
 
 def _kernel_grad_local(x, dy, kernel_shape):
-    return _call(TARGETS[2], kernel_shape, x.dtype, x, dy, kernel_shape=kernel_shape)
+    return _call(TARGETS[2], kernel_shape, x.dtype, x, dy, **_padding(kernel_shape))
+
+
+def _up_forward_local(x, kernel):
+    out_channels = kernel.shape[1] // 2 ** (x.ndim - 2)
+    shape = (x.shape[0], *(2 * s for s in x.shape[1:-1]), out_channels)
+    return _call(UP_TARGETS[0], shape, x.dtype, x, kernel)
+
+
+def _up_input_grad_local(dy, kernel):
+    shape = (dy.shape[0], *(s // 2 for s in dy.shape[1:-1]), kernel.shape[0])
+    return _call(UP_TARGETS[1], shape, dy.dtype, dy, kernel)
+
+
+def _up_kernel_grad_local(x, dy, kernel_shape):
+    return _call(UP_TARGETS[2], kernel_shape, x.dtype, x, dy)
 
 
 # Sharding. A custom call is opaque to XLA's partitioner, which would gather a batch-sharded input onto
@@ -174,10 +192,19 @@ def _spatial_factors(rank: int) -> tuple[str, str]:
     return " ".join(f"s{i}" for i in range(rank - 2)), " ".join(f"k{i}" for i in range(rank - 2))
 
 
-def _activation_rule(rank: int) -> str:
-    """Shardy's rule of forward / input gradient: activation (b, *s, c), kernel (*k, c, o) -> (b, *s, o)."""
+def _conv_rules(rank: int) -> tuple[str, str, str]:
+    """Shardy's rules of the convolution's forward, input gradient and kernel gradient: activations
+    (b, *s, c) and (b, *s, o), kernel (*k, c, o)."""
     s, k = _spatial_factors(rank)
-    return f"b {s} c, {k} c o -> b {s} o"
+    return f"b {s} c, {k} c o -> b {s} o", f"b {s} o, {k} c o -> b {s} c", f"b {s} c, b {s} o -> {k} c o"
+
+
+def _up_rules(rank: int) -> tuple[str, str, str]:
+    """Shardy's rules of the up-convolution's forward, input gradient and kernel gradient: the output's
+    spatial axes are twice the input's, so they are other factors (t0 t1 …); the kernel is (c, taps·o)."""
+    s, _ = _spatial_factors(rank)
+    t = s.replace("s", "t")
+    return f"b {s} c, c k -> b {t} o", f"b {t} o, c k -> b {s} c", f"b {s} c, b {t} o -> c k"
 
 
 def _all_but_batch(rule: str) -> tuple[str, ...]:
@@ -187,8 +214,9 @@ def _all_but_batch(rule: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _partitioned_activation_product(local, rank: int) -> custom_partitioning:
-    """``local`` (forward or input gradient: batch in, batch out) partitioned along the batch axis."""
+def _partitioned_activation_product(local, rank: int, rule: str) -> custom_partitioning:
+    """``local`` (forward or input gradient: batch in, batch out) partitioned along the batch axis; ``rule``
+    is its Shardy rule."""
     product = custom_partitioning(local)
 
     def infer(mesh, arg_shapes, result_shape):
@@ -198,16 +226,16 @@ def _partitioned_activation_product(local, rank: int) -> custom_partitioning:
         sharded = _batch_sharded(mesh, _batch_axes(arg_shapes[0]), rank)
         return mesh, local, sharded, (sharded, NamedSharding(mesh, PartitionSpec()))
 
-    rule = _activation_rule(rank)
     product.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
                           need_replication_factors=_all_but_batch(rule))
     return product
 
 
 @functools.cache
-def _partitioned_kernel_grad(rank: int) -> custom_partitioning:
-    """The kernel gradient partitioned along the batch axis: per-device partial sums, then an all-reduce."""
-    product = custom_partitioning(_kernel_grad_local, static_argnums=(2,))
+def _partitioned_kernel_grad(local, rank: int, rule: str) -> custom_partitioning:
+    """``local`` (a kernel gradient) partitioned along the batch axis: per-device partial sums, then an
+    all-reduce; ``rule`` is its Shardy rule."""
+    product = custom_partitioning(local, static_argnums=(2,))
 
     def infer(kernel_shape, mesh, arg_shapes, result_shape):
         return NamedSharding(mesh, PartitionSpec())
@@ -217,13 +245,11 @@ def _partitioned_kernel_grad(rank: int) -> custom_partitioning:
         sharded = _batch_sharded(mesh, axes, rank)
 
         def lower(x, dy):
-            partial = _kernel_grad_local(x, dy, kernel_shape)
+            partial = local(x, dy, kernel_shape)
             return partial if axes is None else jax.lax.psum(partial, axes)
 
         return mesh, lower, NamedSharding(mesh, PartitionSpec()), (sharded, sharded)
 
-    s, k = _spatial_factors(rank)
-    rule = f"b {s} c, b {s} o -> {k} c o"
     product.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
                           reduction_factors=("b",), need_replication_factors=_all_but_batch(rule))
     return product
@@ -231,14 +257,31 @@ def _partitioned_kernel_grad(rank: int) -> custom_partitioning:
 
 def forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``jaxfcn.models.layers.conv(x, kernel)``: 'SAME' stride-1, x (N, *S, Ci), kernel (*K, Ci, Co), float32."""
-    return _partitioned_activation_product(_forward_local, x.ndim)(x, kernel)
+    return _partitioned_activation_product(_forward_local, x.ndim, _conv_rules(x.ndim)[0])(x, kernel)
 
 
 def input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
     """The gradient of ``<forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
-    return _partitioned_activation_product(_input_grad_local, dy.ndim)(dy, kernel)
+    return _partitioned_activation_product(_input_grad_local, dy.ndim, _conv_rules(dy.ndim)[1])(dy, kernel)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
     """The gradient of ``<forward(x, kernel), dy>`` with respect to the kernel, of shape ``kernel_shape``."""
-    return _partitioned_kernel_grad(x.ndim)(x, dy, tuple(kernel_shape))
+    return _partitioned_kernel_grad(_kernel_grad_local, x.ndim, _conv_rules(x.ndim)[2])(
+        x, dy, tuple(kernel_shape))
+
+
+def up_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``jaxfcn.models.layers.up_conv(x, kernel)``: x (N, *S, Ci), kernel (Ci, 2^d·Co) -> (N, *2S, Co)."""
+    return _partitioned_activation_product(_up_forward_local, x.ndim, _up_rules(x.ndim)[0])(x, kernel)
+
+
+def up_input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The gradient of ``<up_forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
+    return _partitioned_activation_product(_up_input_grad_local, dy.ndim, _up_rules(dy.ndim)[1])(dy, kernel)
+
+
+def up_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """The gradient of ``<up_forward(x, kernel), dy>`` with respect to the kernel (Ci, 2^d·Co)."""
+    return _partitioned_kernel_grad(_up_kernel_grad_local, x.ndim, _up_rules(x.ndim)[2])(
+        x, dy, tuple(kernel_shape))
