@@ -255,33 +255,35 @@ def _partitioned_kernel_grad(local, rank: int, rule: str) -> custom_partitioning
     return product
 
 
-def forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``jaxfcn.models.layers.conv(x, kernel)``: 'SAME' stride-1, x (N, *S, Ci), kernel (*K, Ci, Co), float32."""
-    return _partitioned_activation_product(_forward_local, x.ndim, _conv_rules(x.ndim)[0])(x, kernel)
+def _operation(forward_local, input_grad_local, kernel_grad_local, rules):
+    """The three products of one operation (forward, input gradient, kernel gradient), each partitioned along
+    the batch axis; ``rules(rank)`` gives their Shardy rules."""
+
+    def forward(x, kernel):
+        return _partitioned_activation_product(forward_local, x.ndim, rules(x.ndim)[0])(x, kernel)
+
+    def input_grad(dy, kernel):
+        return _partitioned_activation_product(input_grad_local, dy.ndim, rules(dy.ndim)[1])(dy, kernel)
+
+    def kernel_grad(x, dy, kernel_shape):
+        return _partitioned_kernel_grad(kernel_grad_local, x.ndim, rules(x.ndim)[2])(x, dy, tuple(kernel_shape))
+
+    return forward, input_grad, kernel_grad
 
 
-def input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The gradient of ``<forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
-    return _partitioned_activation_product(_input_grad_local, dy.ndim, _conv_rules(dy.ndim)[1])(dy, kernel)
+forward, input_grad, kernel_grad = _operation(_forward_local, _input_grad_local, _kernel_grad_local, _conv_rules)
+forward.__doc__ = """``forward(x, kernel)`` = ``jaxfcn.models.layers.conv(x, kernel)``: 'SAME' stride-1,
+x (N, *S, Ci), kernel (*K, Ci, Co), float32."""
+input_grad.__doc__ = """``input_grad(dy, kernel)``: the gradient of ``<forward(x, kernel), dy>`` with respect to x,
+(N, *S, Ci)."""
+kernel_grad.__doc__ = """``kernel_grad(x, dy, kernel_shape)``: the gradient of ``<forward(x, kernel), dy>`` with respect
+to the kernel, of shape ``kernel_shape``."""
 
-
-def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
-    """The gradient of ``<forward(x, kernel), dy>`` with respect to the kernel, of shape ``kernel_shape``."""
-    return _partitioned_kernel_grad(_kernel_grad_local, x.ndim, _conv_rules(x.ndim)[2])(
-        x, dy, tuple(kernel_shape))
-
-
-def up_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``jaxfcn.models.layers.up_conv(x, kernel)``: x (N, *S, Ci), kernel (Ci, 2^d·Co) -> (N, *2S, Co)."""
-    return _partitioned_activation_product(_up_forward_local, x.ndim, _up_rules(x.ndim)[0])(x, kernel)
-
-
-def up_input_grad(dy: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The gradient of ``<up_forward(x, kernel), dy>`` with respect to x: (N, *S, Ci)."""
-    return _partitioned_activation_product(_up_input_grad_local, dy.ndim, _up_rules(dy.ndim)[1])(dy, kernel)
-
-
-def up_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
-    """The gradient of ``<up_forward(x, kernel), dy>`` with respect to the kernel (Ci, 2^d·Co)."""
-    return _partitioned_kernel_grad(_up_kernel_grad_local, x.ndim, _up_rules(x.ndim)[2])(
-        x, dy, tuple(kernel_shape))
+up_forward, up_input_grad, up_kernel_grad = _operation(_up_forward_local, _up_input_grad_local, _up_kernel_grad_local,
+                                                       _up_rules)
+up_forward.__doc__ = """``up_forward(x, kernel)`` = ``jaxfcn.models.layers.up_conv(x, kernel)``: x (N, *S, Ci),
+kernel (Ci, 2^d·Co) -> (N, *2S, Co), float32."""
+up_input_grad.__doc__ = """``up_input_grad(dy, kernel)``: the gradient of ``<up_forward(x, kernel), dy>`` with respect
+to x, (N, *S, Ci)."""
+up_kernel_grad.__doc__ = """``up_kernel_grad(x, dy, kernel_shape)``: the gradient of ``<up_forward(x, kernel), dy>``
+with respect to the kernel (Ci, 2^d·Co)."""

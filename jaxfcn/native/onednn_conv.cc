@@ -19,13 +19,15 @@
 // blocked layout (a reorder of the small kernel each call).
 //
 // Why: XLA:CPU's Eigen convolutions take about twice oneDNN's CPU time for the U-Net's thin layers, and
-// XLA transposes activations around every kernel gradient (benchmarks/README.md, issue 17).
+// XLA transposes activations around every kernel gradient and every up-convolution (benchmarks/README.md,
+// issue 17).
 //
 // Threads: each call splits its batch into slices and runs them on XLA's own intra-op thread pool, one
 // oneDNN thread per slice (a kernel gradient is the sum of its slices' gradients). oneDNN's own OpenMP
 // threads would run beside XLA's pool instead, and a convolution that XLA runs next to another op then
-// oversubscribed the cores: in a 128² U-Net step the convolutions ran at half their isolated speed
-// (benchmarks/README.md, "oneDNN on XLA's threads"). A batch of one keeps oneDNN's OpenMP threads.
+// oversubscribes the cores: in a 128² U-Net step the calls took 205 ms against 158 ms in isolation, and a
+// small model's step ran 1.8x slower than with slices (benchmarks/README.md, "oneDNN on XLA's threads").
+// A batch of one keeps oneDNN's OpenMP threads.
 //
 // Primitives (and the weights' reorders) are built once per shape and thread count, and kept. Scratch
 // memory is per calling thread, because XLA may run two handlers at once.
@@ -36,8 +38,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <map>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
