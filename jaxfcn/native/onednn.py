@@ -74,6 +74,7 @@ def _build(out: Path, compiler: str, include: list[Path], library: Path) -> None
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
+    # libgomp.so.1: the OpenMP runtime the wheel's oneDNN runs on; the handlers set its thread count per call.
     cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", *(f"-I{d}" for d in include), str(SOURCE),
            f"-L{library.parent}", f"-l:{library.name}", "-l:libgomp.so.1", f"-Wl,-rpath,{library.parent}", "-o", tmp]
     result = subprocess.run(cmd, capture_output=True, text=True)
