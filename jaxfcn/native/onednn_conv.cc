@@ -131,8 +131,9 @@ struct Prepared {
         reorders(chosen_weights != user_weights) {
     if (!reorders) return;
     auto& engine = cpu_engine();
-    reorder = weights_are_output ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, chosen_weights, engine, user_weights))
-                                 : dnnl::reorder(dnnl::reorder::primitive_desc(engine, user_weights, engine, chosen_weights));
+    const auto& from = weights_are_output ? chosen_weights : user_weights;
+    const auto& to = weights_are_output ? user_weights : chosen_weights;
+    reorder = dnnl::reorder(dnnl::reorder::primitive_desc(engine, from, engine, to));
   }
 };
 
@@ -301,8 +302,13 @@ ffi::Error run(Product product, Shape shape, void* src, void* weights, void* dst
     }
     const int64_t src_per_example = elements(shape.src, 1), dst_per_example = elements(shape.dst, 1);
     const int64_t kernel_size = elements(shape.weights, 0);
-    // Slice i's kernel gradient: slice 0 writes the result, the others their own partial sums.
-    std::vector<float> partial(product == Product::kBackwardWeights ? (count - 1) * kernel_size : 0);
+    // Slice i's kernel gradient: slice 0 writes the result, the others their own partial sums (in a buffer
+    // kept per calling thread, so no call allocates; every element is overwritten).
+    const bool sums = product == Product::kBackwardWeights;
+    thread_local std::vector<float> partial_buffer;
+    const size_t partial_size = sums ? static_cast<size_t>((count - 1) * kernel_size) : 0;
+    if (partial_buffer.size() < partial_size) partial_buffer.resize(partial_size);
+    float* partial = partial_buffer.data();  // the helpers must use this thread's buffer, not their own
     auto state = std::make_shared<Slices>();
     state->count = count;
     state->body = [&](int i) {
@@ -312,8 +318,7 @@ ffi::Error run(Product product, Shape shape, void* src, void* weights, void* dst
       slice.threads = 1;
       float* slice_src = static_cast<float*>(src) + begin * src_per_example;
       float* slice_dst = static_cast<float*>(dst) + begin * dst_per_example;
-      void* slice_weights =
-          product == Product::kBackwardWeights && i > 0 ? partial.data() + (i - 1) * kernel_size : weights;
+      void* slice_weights = sums && i > 0 ? partial + (i - 1) * kernel_size : weights;
       run_slice(product, slice, slice_src, slice_weights, slice_dst);
     };
     for (int i = 1; i < count; ++i) pool.Schedule([state] { state->drain(); });
@@ -324,7 +329,10 @@ ffi::Error run(Product product, Shape shape, void* src, void* weights, void* dst
       if (!state->error.empty()) throw dnnl::error(dnnl_runtime_error, state->error.c_str());
     }
     float* total = static_cast<float*>(weights);
-    for (size_t j = 0; j < partial.size(); ++j) total[j % kernel_size] += partial[j];
+    for (int i = 1; sums && i < count; ++i) {
+      const float* part = partial + (i - 1) * kernel_size;
+      for (int64_t j = 0; j < kernel_size; ++j) total[j] += part[j];
+    }
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("jaxfcn oneDNN convolution: ") + e.what());
   }
