@@ -24,6 +24,13 @@ import statistics
 import time
 from typing import Callable
 
+from jaxfcn.runtime import keep_host_memory
+
+# Every script measures the process the `jaxfcn` command runs in: single-device CPU programs on the calling
+# thread, freed host memory kept for the next run (jaxfcn.runtime.keep_host_memory). All sides of a
+# comparison share the process, so PyTorch's allocations get the same glibc settings.
+HOST_MEMORY_KEPT = keep_host_memory()
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (about 2 minutes on 2 cores)")
@@ -189,6 +196,7 @@ def machine_info() -> dict:
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "keep_host_memory": HOST_MEMORY_KEPT,
     }
     try:
         import flax

@@ -33,6 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402,F401  (the process settings every benchmark runs with)
 from device_profile import traced, union_ns  # noqa: E402
 
 # XLA:CPU library choices of jaxlib 0.10 (debug_options_flags.cc): YNNPACK handles dots and 2D f32
@@ -289,7 +290,7 @@ def hlo_categories(hlo_text: str) -> dict:
     return info
 
 
-def profile(config, name: str, steps: int = 5) -> dict:
+def profile(config, name: str, steps: int = 5, frozen_parts=()) -> dict:
     """Where one compiled step spends its time (jax profiler trace of ``steps`` steps), per step.
 
     - ``categories``: summed thunk time per :func:`categorize` category, over both worker threads.
@@ -298,7 +299,7 @@ def profile(config, name: str, steps: int = 5) -> dict:
       asynchronously, so their events are short: nearly all convolution time falls in ``idle_ms``,
       when no other thunk can run because everything waits on the convolution.
     """
-    compiled, state, batch = build_variant(config, name)
+    compiled, state, batch = build_variant(config, name, frozen_parts)
     info = hlo_categories(compiled.as_text())
     run = step_runner(compiled, state, batch)
     run(), run()

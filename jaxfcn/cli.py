@@ -11,7 +11,7 @@ import os
 import sys
 
 from jaxfcn.errors import UserError
-from jaxfcn.runtime import enable_compilation_cache
+from jaxfcn.runtime import enable_compilation_cache, keep_host_memory
 
 # Subsystems with CLI commands, in help order.
 COMMAND_MODULES = (
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_logs()
     enable_compilation_cache()
+    keep_host_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,6 @@
 """Process-wide JAX settings of the ``jaxfcn`` command (and the test suite): a persistent compilation cache,
-and XLA compiler options filtered to those the installed XLA accepts.
+host memory that XLA:CPU reuses from one run of a program to the next, and XLA compiler options filtered to
+those the installed XLA accepts.
 
 A study compiles the same few programs again and again (every condition of a grid trains the same
 architecture; only the data, the seed and the initial values change), and each compilation costs seconds
@@ -8,13 +9,15 @@ programs are compiled once per machine, across conditions and across invocations
 
 The settings go through JAX's environment variables, set only where the user has not set them, so this
 module imports nothing heavy and the user's own ``JAX_COMPILATION_CACHE_DIR`` wins.
-``JAXFCN_COMPILE_CACHE=0`` turns the cache off.
+``JAXFCN_COMPILE_CACHE=0`` turns the cache off, ``JAXFCN_KEEP_HOST_MEMORY=0`` the memory setting.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import platform
 import sys
 
 # Programs that compile faster than this are not worth a disk entry.
@@ -44,6 +47,47 @@ def enable_compilation_cache() -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs",
                           float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_host_memory() -> bool:
+    """Let XLA:CPU reuse the pages of its temporary buffer from one run of a program to the next (glibc).
+
+    Why: every run of a compiled CPU program allocates one temporary buffer that holds all its intermediates
+    (156 MB for the 2D 128² train step, 262 MB for the 3D 64³ one). Above glibc's mmap threshold that is a
+    fresh ``mmap`` per run, unmapped again when the run ends, so each of its pages faults on first touch:
+    38 000 faults per 128² step and 64 000 per 64³ step, 10–20 % of the step's time
+    (``benchmarks/README.md``, "Host memory").
+
+    How: CPU programs run on the calling thread (JAX's ``jax_cpu_enable_async_dispatch`` off), so the buffer
+    comes from glibc's main arena, and that arena grows with ``brk`` and keeps what it frees (``mallopt``:
+    ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` at its maximum). XLA's worker threads keep their own arenas:
+    moving them onto the main arena too (``MALLOC_ARENA_MAX=1``) removes the faults as well but slows small
+    programs by 40 %.
+
+    Costs: the process keeps freed heap memory instead of returning it to the system (its resident size
+    stays near its peak), and Python waits for each single-device CPU program instead of queueing the next
+    (programs over several devices stay asynchronous). GPU programs are not affected.
+
+    Call it before JAX's CPU backend starts (the first ``jax.devices()``, transfer or computation). Returns
+    whether it applied: not after the backend started, not where the C library is not glibc, and not when
+    ``JAXFCN_KEEP_HOST_MEMORY=0``.
+    """
+    if os.environ.get("JAXFCN_KEEP_HOST_MEMORY", "1") == "0":
+        return False
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # a flag JAX reads when the backend starts
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def supported_compiler_options(options: dict, backend: str | None = None) -> dict:

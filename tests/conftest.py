@@ -5,11 +5,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from jaxfcn.cli import quiet_third_party_logs  # noqa: E402
-from jaxfcn.runtime import enable_compilation_cache  # noqa: E402
+from jaxfcn.runtime import enable_compilation_cache, keep_host_memory  # noqa: E402
 
 # Compiled programs are cached on disk across runs of the suite, across xdist workers and in the CLI
 # subprocesses the tests start (they inherit the environment).
 enable_compilation_cache()
+keep_host_memory()  # as the CLI does: CPU programs run on the calling thread
 quiet_third_party_logs()  # as the CLI does: no absl/orbax WARNING lines in the test output
 
 import pytest  # noqa: E402
