@@ -152,3 +152,23 @@ def test_build_is_cached_and_keyed():
     mtime = first.stat().st_mtime_ns
     assert onednn.library_path() == first and first.stat().st_mtime_ns == mtime
     assert len(first.parent.name) == 16 and first.parent.parent.name == "native"
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch", [1, 2])  # oneDNN's own threads; slices on XLA's threads
+def test_the_calling_threads_openmp_setting_is_left_as_it_was(batch):
+    """The fault: each call set the OpenMP thread count of the thread it ran on and left it there. XLA runs a
+    program's first operations on the thread that launched it (every operation, with jaxfcn's synchronous CPU
+    dispatch), so PyTorch on the user's thread then ran its operations on one thread: 1.5× slower in the
+    train-step benchmark."""
+    import ctypes
+
+    gomp = ctypes.CDLL("libgomp.so.1")  # the OpenMP runtime the handlers link
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(3)
+    try:
+        x = jnp.ones((batch, 6, 6, 2))
+        jax.jit(jax.grad(lambda x, k: fast_ops.onednn_conv(x, k).sum(), argnums=(0, 1)))(x, jnp.ones((3, 3, 2, 2)))
+        assert gomp.omp_get_max_threads() == 3
+    finally:
+        gomp.omp_set_num_threads(before)

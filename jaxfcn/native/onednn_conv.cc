@@ -54,6 +54,7 @@ namespace ffi = xla::ffi;
 
 // libgomp's, the OpenMP runtime the oneDNN wheel is built on (linked by name, no omp.h needed).
 extern "C" void omp_set_num_threads(int);
+extern "C" int omp_get_max_threads();
 extern "C" int omp_get_num_procs();
 
 namespace {
@@ -223,9 +224,23 @@ ffi::Error check(size_t act_rank, size_t kernel_rank, ffi::Span<const int64_t> l
   return ffi::Error::Success();
 }
 
+// Sets the calling thread's OpenMP thread count (read when oneDNN builds and runs a primitive) and puts the
+// previous one back on exit. The calling thread may be the user's: XLA runs a program's first operations on
+// the thread that launched it, and PyTorch or NumPy on that thread read the same setting.
+class OpenMPThreads {
+ public:
+  explicit OpenMPThreads(int threads) : saved_(omp_get_max_threads()) { omp_set_num_threads(threads); }
+  ~OpenMPThreads() { omp_set_num_threads(saved_); }
+  OpenMPThreads(const OpenMPThreads&) = delete;
+  OpenMPThreads& operator=(const OpenMPThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
 // One product on one shape, with shape.threads oneDNN threads, on the calling thread. Throws dnnl::error.
 void run_slice(Product product, const Shape& shape, void* src, void* weights, void* dst) {
-  omp_set_num_threads(shape.threads);  // this thread's OpenMP setting, read when oneDNN builds and runs
+  OpenMPThreads threads(shape.threads);
   thread_local ThreadBuffers buffers;
   thread_local dnnl::stream stream(cpu_engine());
   auto& engine = cpu_engine();
