@@ -7,8 +7,9 @@ architecture; only the data, the seed and the initial values change), and each c
 on a CPU. XLA's persistent cache keys a program by its HLO, compiler options and backend, so identical
 programs are compiled once per machine, across conditions and across invocations.
 
-The settings go through JAX's environment variables, set only where the user has not set them, so this
-module imports nothing heavy and the user's own ``JAX_COMPILATION_CACHE_DIR`` wins.
+The cache settings go through JAX's environment variables, set only where the user has not set them, so
+the user's own ``JAX_COMPILATION_CACHE_DIR`` wins. :func:`keep_host_memory` imports JAX without starting a
+backend.
 ``JAXFCN_COMPILE_CACHE=0`` turns the cache off, ``JAXFCN_KEEP_HOST_MEMORY=0`` the memory setting.
 """
 from __future__ import annotations
@@ -57,10 +58,10 @@ def keep_host_memory() -> bool:
     """Let XLA:CPU reuse the pages of its temporary buffer from one run of a program to the next (glibc).
 
     Why: every run of a compiled CPU program allocates one temporary buffer that holds all its intermediates
-    (156 MB for the 2D 128² train step, 262 MB for the 3D 64³ one). Above glibc's mmap threshold that is a
-    fresh ``mmap`` per run, unmapped again when the run ends, so each of its pages faults on first touch:
-    38 000 faults per 128² step and 64 000 per 64³ step, 10–20 % of the step's time
-    (``benchmarks/README.md``, "Host memory").
+    (156 MB for the 2D 128² train step, 262 MB for the 3D 64³ one of ``tissue_3d``). Above glibc's mmap
+    threshold that is a fresh ``mmap`` per run, unmapped again when the run ends, so each of its pages faults
+    on first touch: 38 000 faults per 128² step and 64 000 per 64³ step, 10–30 % of the step's time
+    (``benchmarks/README.md``, "Host memory kept between runs").
 
     How: CPU programs run on the calling thread (JAX's ``jax_cpu_enable_async_dispatch`` off), so the buffer
     comes from glibc's main arena, and that arena grows with ``brk`` and keeps what it frees (``mallopt``:
@@ -81,9 +82,9 @@ def keep_host_memory() -> bool:
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     import jax
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # private: JAX has no public way to ask whether a backend has started
 
-    if xla_bridge.backends_are_initialized():
+    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
         return False
     jax.config.update("jax_cpu_enable_async_dispatch", False)  # a flag JAX reads when the backend starts
     libc = ctypes.CDLL(None)
