@@ -168,7 +168,8 @@ def test_the_calling_threads_openmp_setting_is_left_as_it_was(batch):
     gomp.omp_set_num_threads(3)
     try:
         x = jnp.ones((batch, 6, 6, 2))
-        jax.jit(jax.grad(lambda x, k: fast_ops.onednn_conv(x, k).sum(), argnums=(0, 1)))(x, jnp.ones((3, 3, 2, 2)))
+        grads = jax.jit(jax.grad(lambda x, k: fast_ops.onednn_conv(x, k).sum(), argnums=(0, 1)))
+        jax.block_until_ready(grads(x, jnp.ones((3, 3, 2, 2))))
         assert gomp.omp_get_max_threads() == 3
     finally:
         gomp.omp_set_num_threads(before)

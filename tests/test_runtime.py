@@ -1,4 +1,5 @@
-"""jaxfcn.runtime: XLA compiler options the installed XLA does not know are dropped, never fatal.
+"""jaxfcn.runtime: XLA compiler options the installed XLA does not know are dropped, never fatal; and the
+host memory XLA:CPU's programs reuse between runs.
 
 The fault: jaxfcn passed ``xla_cpu_experimental_ynn_fusion_type`` to every CPU compilation, an option
 that jaxlib 0.8.0 does not have, so every train step failed to compile there
