@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_logs()
     enable_compilation_cache()
-    keep_host_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_host_memory()  # after parsing: --help and usage errors need no JAX import (≈ 2 s)
     try:
         result = args.func(args)
     except UserError as e:
