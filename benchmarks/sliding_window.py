@@ -24,6 +24,12 @@ Sides, interleaved per round after a warm-up call:
 Reported: seconds per volume (median wall), ``speedup_vs_torch`` = best PyTorch ÷ JAX, and the two
 results' agreement (largest absolute probability difference, fraction of voxels with the same label).
 
+Then one network call alone (``network_call``): the first batch of windows through JAX's jitted softmax
+network and through the PyTorch twin + softmax in the best PyTorch format, ``--call-rounds`` interleaved
+rounds of 5 calls, wall and CPU ms per call and the paired ratio. It separates the network from the loop
+around it: a whole volume is ~90 calls of one shape, so its time moves with the neighbours' load by more
+than the two sides differ.
+
     python benchmarks/sliding_window.py                 # 1 mm volume, 64³ windows, overlap 0.5, batch 2
     python benchmarks/sliding_window.py --quick         # 2 mm volume, 32³ windows, 3 rounds
     python benchmarks/sliding_window.py --overlap 0.25 --batch 4 --jax fast,plain
@@ -114,6 +120,43 @@ def torch_side(config, variables, image, overlap, memory_format):
     return run, holder
 
 
+def network_call_sides(config, variables, image, memory_format, calls: int = 5):
+    """``{"jax": run, "torch": run}``: ``calls`` forward + softmax calls each on the volume's first batch of
+    windows (the corner windows), JAX through ``make_probabilities_fn``, PyTorch through the twin in
+    ``inference_mode`` with ``memory_format``."""
+    import jax
+    import numpy as np
+    import torch
+
+    from jaxfcn.interop.torch import TorchUNet, flax_to_torch
+    from jaxfcn.models import build_model
+    from jaxfcn.train.inference import make_probabilities_fn
+
+    patch = tuple(config.data.patch_shape)
+    window = np.zeros(patch + image.shape[-1:], np.float32)
+    corner = image[: patch[0], : patch[1], : patch[2]]
+    window[: corner.shape[0], : corner.shape[1], : corner.shape[2]] = corner
+    batch = np.repeat(window[None], config.train.batch_size, axis=0)
+    probabilities_fn = make_probabilities_fn(build_model(config.model))
+    x_jax = jax.device_put(batch)
+    net = TorchUNet(config)
+    net.load_state_dict(flax_to_torch(variables["params"], config))
+    net = net.eval().to(memory_format=memory_format)
+    x_torch = torch.from_numpy(np.moveaxis(batch, -1, 1).copy()).contiguous(memory_format=memory_format)
+
+    def run_jax():
+        for _ in range(calls):
+            out = probabilities_fn(variables, x_jax)
+        jax.block_until_ready(out)
+
+    def run_torch():
+        with torch.inference_mode():
+            for _ in range(calls):
+                torch.softmax(net(x_torch), dim=1)
+
+    return {"jax": run_jax, "torch": run_torch}
+
+
 def main(argv=None) -> dict:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--spacing", type=float, default=0.0, help="grid spacing in mm (default 1; 2 with --quick)")
@@ -123,6 +166,8 @@ def main(argv=None) -> dict:
                         "list times every side at each, named side@bN")
     parser.add_argument("--jax", default="fast", help="comma list of model.conv_impl values, one JAX side each")
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 5; 3 with --quick)")
+    parser.add_argument("--call-rounds", type=int, default=10, help="interleaved rounds of the network call alone "
+                        "(5 calls each; 0 skips it)")
     args = parser.parse_args(argv)
     spacing = args.spacing or (2.0 if args.quick else 1.0)
     patch = args.patch or (32 if args.quick else 64)
@@ -190,8 +235,21 @@ def main(argv=None) -> dict:
         "max_abs_probability_difference": float(np.abs(reference - ours).max()),
         "label_agreement": float((reference.argmax(-1) == ours.argmax(-1)).mean()),
     }
+    if args.call_rounds:
+        fmt = torch.channels_last_3d if "channels_last" in torch_best else torch.contiguous_format
+        calls = 5
+        t = interleave(network_call_sides(model_config(patch, batches[0], impls[0]), variables, image, fmt, calls),
+                       rounds=args.call_rounds, warmup=1)
+        result["network_call"] = {
+            "batch": batches[0], "torch_format": "channels_last_3d" if "channels_last" in torch_best else "nchw",
+            "ms": {k: 1e3 * statistics.median(v["wall"]) / calls for k, v in t.items()},
+            "cpu_ms": {k: 1e3 * statistics.median(v["cpu"]) / calls for k, v in t.items()},
+            "paired_speedup_vs_torch": statistics.median(a / b for a, b in zip(t["torch"]["wall"], t["jax"]["wall"])),
+        }
     result["headline"] = {"jax_s": seconds[jax_best], "best_torch_s": seconds[torch_best],
                           "speedup_vs_torch": result["speedup_vs_torch"], "label_agreement": result["label_agreement"]}
+    if "network_call" in result:
+        result["headline"]["network_call_speedup_vs_torch"] = result["network_call"]["paired_speedup_vs_torch"]
     print_table(result)
     write_json(args.json, result)
     return result
@@ -219,6 +277,11 @@ def print_table(r: dict) -> None:
     print(f"each side at its best batch: {r['best_jax']} ÷ {r['best_torch']}: {r['speedup_vs_torch']:.2f}×; "
           f"agreement: max |Δp| {r['max_abs_probability_difference']:.1e}, same label "
           f"{100 * r['label_agreement']:.3f}% of voxels")
+    if "network_call" in r:
+        n = r["network_call"]
+        print(f"one network call alone (batch {n['batch']}, PyTorch {n['torch_format']}): JAX {n['ms']['jax']:.1f} ms "
+              f"(CPU {n['cpu_ms']['jax']:.1f}), PyTorch {n['ms']['torch']:.1f} ms (CPU {n['cpu_ms']['torch']:.1f}); "
+              f"PyTorch ÷ JAX paired {n['paired_speedup_vs_torch']:.2f}×")
 
 
 if __name__ == "__main__":
