@@ -281,9 +281,10 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     Written as a reshape and a max over the block axes, not a ``reduce_window``, whose XLA:CPU gradient is
     a select-and-scatter over packed (value, index) pairs, with more memory traffic. The gradient
     (:func:`_max_pool_bwd`) goes, in each block, to the *first* maximal element in row-major order of the
-    block offsets, as reduce_window's select-and-scatter and PyTorch's ``max_pool`` do, and is computed in
-    one elementwise pass. Differentiating the reshape-max instead would split it evenly between tied
-    maxima, in three passes (mask, tie count, division) over the activation.
+    block offsets, as reduce_window's select-and-scatter and PyTorch's ``max_pool`` do: a reduction finds
+    that element's offset per block, and one elementwise pass places the gradient. Differentiating the
+    reshape-max instead would split it evenly between tied maxima, in three passes (mask, tie count,
+    division) over the activation.
     """
     spatial = x.shape[1:-1]
     if any(size % window for size in spatial):
@@ -311,7 +312,6 @@ def _max_pool_bwd(window, residuals, dy):
     x, y = residuals
     axes = _offset_axes(x.ndim)
     blocks = _blocks(x, window)
-    is_max = blocks == jnp.expand_dims(y, axes)
     # Row-major index of each element's offset within its block: k = Σ_i o_i · w^(d-1-i).
     shape = [1] * blocks.ndim
     index = jnp.zeros((), jnp.int32)
@@ -319,13 +319,11 @@ def _max_pool_bwd(window, residuals, dy):
         offset_shape = list(shape)
         offset_shape[axis] = window
         index = index + jax.lax.broadcasted_iota(jnp.int32, offset_shape, axis) * window ** (len(axes) - 1 - i)
-    # An element gets the gradient if it is a maximum and no maximum precedes it in its block.
-    preceded = jnp.zeros(blocks.shape, bool)
-    for k, offsets in enumerate(itertools.product(range(window), repeat=len(axes))):
-        at_k = tuple(slice(None) if a not in axes else slice(offsets[axes.index(a)], offsets[axes.index(a)] + 1)
-                     for a in range(blocks.ndim))
-        preceded = preceded | (is_max[at_k] & (index > k))
-    dx = jnp.where(is_max & ~preceded, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype))
+    # Per block, the index of its first maximal element (a reduction at the pooled resolution), then one
+    # elementwise pass that gives the gradient to that element. Marking, per element, whether a maximum
+    # precedes it took 3.5x longer in 3D (2^3 comparisons per element).
+    first = jnp.min(jnp.where(blocks == jnp.expand_dims(y, axes), index, window ** len(axes)), axis=axes)
+    dx = jnp.where(index == jnp.expand_dims(first, axes), jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype))
     return (dx.reshape(x.shape),)
 
 
