@@ -80,17 +80,23 @@ def jax_side(config, variables, image, overlap):
     return run, holder
 
 
+def torch_twin(config, variables, memory_format):
+    """The PyTorch twin of ``config``'s U-Net with ``variables``' weights, in eval mode and ``memory_format``."""
+    from jaxfcn.interop.torch import TorchUNet, flax_to_torch
+
+    net = TorchUNet(config)
+    net.load_state_dict(flax_to_torch(variables["params"], config))
+    return net.eval().to(memory_format=memory_format)
+
+
 def torch_side(config, variables, image, overlap, memory_format):
     """A MONAI-style PyTorch sliding-window loop over the twin, written independently of the JAX side."""
     import numpy as np
     import torch
 
-    from jaxfcn.interop.torch import TorchUNet, flax_to_torch
     from jaxfcn.train.inference import gaussian_importance, window_starts
 
-    net = TorchUNet(config)
-    net.load_state_dict(flax_to_torch(variables["params"], config))
-    net = net.eval().to(memory_format=memory_format)
+    net = torch_twin(config, variables, memory_format)
     patch = tuple(config.data.patch_shape)
     x = torch.from_numpy(np.moveaxis(image, -1, 0).copy())  # (C, X, Y, Z)
     shape = tuple(max(n, p) for n, p in zip(x.shape[1:], patch))
@@ -128,7 +134,6 @@ def network_call_sides(config, variables, image, memory_format, calls: int = 5):
     import numpy as np
     import torch
 
-    from jaxfcn.interop.torch import TorchUNet, flax_to_torch
     from jaxfcn.models import build_model
     from jaxfcn.train.inference import make_probabilities_fn
 
@@ -139,9 +144,7 @@ def network_call_sides(config, variables, image, memory_format, calls: int = 5):
     batch = np.repeat(window[None], config.train.batch_size, axis=0)
     probabilities_fn = make_probabilities_fn(build_model(config.model))
     x_jax = jax.device_put(batch)
-    net = TorchUNet(config)
-    net.load_state_dict(flax_to_torch(variables["params"], config))
-    net = net.eval().to(memory_format=memory_format)
+    net = torch_twin(config, variables, memory_format)
     x_torch = torch.from_numpy(np.moveaxis(batch, -1, 1).copy()).contiguous(memory_format=memory_format)
 
     def run_jax():
@@ -236,12 +239,13 @@ def main(argv=None) -> dict:
         "label_agreement": float((reference.argmax(-1) == ours.argmax(-1)).mean()),
     }
     if args.call_rounds:
-        fmt = torch.channels_last_3d if "channels_last" in torch_best else torch.contiguous_format
+        channels_last = "channels_last" in torch_best
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
         calls = 5
         t = interleave(network_call_sides(model_config(patch, batches[0], impls[0]), variables, image, fmt, calls),
                        rounds=args.call_rounds, warmup=1)
         result["network_call"] = {
-            "batch": batches[0], "torch_format": "channels_last_3d" if "channels_last" in torch_best else "nchw",
+            "batch": batches[0], "torch_format": "channels_last_3d" if channels_last else "nchw",
             "ms": {k: 1e3 * statistics.median(v["wall"]) / calls for k, v in t.items()},
             "cpu_ms": {k: 1e3 * statistics.median(v["cpu"]) / calls for k, v in t.items()},
             "paired_speedup_vs_torch": statistics.median(a / b for a, b in zip(t["torch"]["wall"], t["jax"]["wall"])),
