@@ -25,6 +25,10 @@ Correspondence (Flax ⇄ PyTorch), module paths identical (``encoder.block_0.con
 - Decoder concatenation order is ``[skip, upsampled]`` along channels; max-pool 2, stride 2, floor.
 - Activations: the ``jax.nn`` function of the same name with its JAX defaults (``gelu`` is the tanh
   approximation, ``leaky_relu`` slope 0.01).
+
+Compare in the default (contiguous) memory format. PyTorch 2.13's CPU ``GroupNorm`` on a
+``channels_last_3d`` tensor loses precision when a group's mean is large against its spread: 3.1e-3 largest
+error against float64, where the contiguous tensor gives 1.0e-6 (``benchmarks/README.md``, sliding window).
 """
 from __future__ import annotations
 
