@@ -126,7 +126,7 @@ def torch_side(config, variables, image, overlap, memory_format):
     return run, holder
 
 
-def network_call_sides(config, variables, image, memory_format, calls: int = 5):
+def network_call_sides(config, variables, image, memory_format, calls: int):
     """``{"jax": run, "torch": run}``: ``calls`` forward + softmax calls each on the volume's first batch of
     windows (the corner windows), JAX through ``make_probabilities_fn``, PyTorch through the twin in
     ``inference_mode`` with ``memory_format``."""

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_host_memory()  # after parsing: --help and usage errors need no JAX import (≈ 2 s)
+    keep_host_memory()  # before any command starts JAX (it imports nothing)
     try:
         result = args.func(args)
     except UserError as e:

@@ -8,14 +8,15 @@ on a CPU. XLA's persistent cache keys a program by its HLO, compiler options and
 programs are compiled once per machine, across conditions and across invocations.
 
 The cache settings go through JAX's environment variables, set only where the user has not set them, so
-the user's own ``JAX_COMPILATION_CACHE_DIR`` wins. :func:`keep_host_memory` imports JAX without starting a
-backend.
+the user's own ``JAX_COMPILATION_CACHE_DIR`` wins. Neither setting imports JAX; each reaches JAX at its import.
 ``JAXFCN_COMPILE_CACHE=0`` turns the cache off, ``JAXFCN_KEEP_HOST_MEMORY=0`` the memory setting.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import platform
@@ -73,22 +74,55 @@ def keep_host_memory() -> bool:
     stays near its peak), and Python waits for each single-device CPU program instead of queueing the next
     (programs over several devices stay asynchronous). GPU programs are not affected.
 
-    Call it before JAX's CPU backend starts (the first ``jax.devices()``, transfer or computation). Returns
-    whether it applied: not after the backend started, not where the C library is not glibc, and not when
+    Call it before JAX's CPU backend starts (the first ``jax.devices()``, transfer or computation). It does
+    not import JAX: if JAX is not imported yet, the dispatch setting is made right after its import, so a
+    command that never uses JAX does not pay for importing it (≈ 1.5 s). Returns whether it applied: not
+    after the backend started, not where the C library is not glibc, and not when
     ``JAXFCN_KEEP_HOST_MEMORY=0``.
     """
     if os.environ.get("JAXFCN_KEEP_HOST_MEMORY", "1") == "0":
         return False
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
-    import jax
-    from jax._src import xla_bridge  # private: JAX has no public way to ask whether a backend has started
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge  # private: JAX has no public way to ask whether a backend has started
 
-    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
-        return False
-    jax.config.update("jax_cpu_enable_async_dispatch", False)  # a flag JAX reads when the backend starts
+        if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
+            return False
+        _synchronous_cpu_dispatch()
+    else:
+        sys.meta_path.insert(0, _AfterImport("jax", _synchronous_cpu_dispatch))
     libc = ctypes.CDLL(None)
     return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _synchronous_cpu_dispatch() -> None:
+    import jax
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # a flag JAX reads when the backend starts
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """An import hook that runs ``action()`` once, right after the module ``name`` is first executed."""
+
+    def __init__(self, name: str, action):
+        self.name, self.action = name, action
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # one shot; and the search below must not find this hook again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec  # not installed: the import fails as it would have
+        execute = spec.loader.exec_module
+
+        def execute_then_act(module):
+            execute(module)
+            self.action()
+
+        spec.loader.exec_module = execute_then_act
+        return spec
 
 
 def supported_compiler_options(options: dict, backend: str | None = None) -> dict:

@@ -82,6 +82,19 @@ def test_keep_host_memory_removes_the_page_faults_of_each_run():
     assert kept < fresh / 2.5, (kept, fresh)
 
 
+def test_keep_host_memory_does_not_import_jax_and_applies_when_jax_is_imported():
+    """A command that never uses JAX (``jaxfcn data list``) must not pay for importing it (≈ 1.5 s); the
+    dispatch setting then reaches JAX at its import, before any backend starts."""
+    script = ("import sys\n"
+              "from jaxfcn.runtime import keep_host_memory\n"
+              "print(keep_host_memory(), 'jax' in sys.modules)\n"
+              "import jax\n"
+              "print(jax.config.read('jax_cpu_enable_async_dispatch'))\n")
+    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "JAXFCN_KEEP_HOST_MEMORY": "1"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False"], out
+
+
 def test_keep_host_memory_does_nothing_once_the_backend_runs():
     from jaxfcn.runtime import keep_host_memory
 
