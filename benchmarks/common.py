@@ -45,12 +45,20 @@ def block(x):
     return jax.block_until_ready(x)
 
 
-def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, dict[str, list]]:
+# Pause before each timed call. After a parallel region, PyTorch's (and oneDNN's) OpenMP workers spin for
+# GOMP_SPINCOUNT iterations before they sleep, and hold the cores meanwhile: a 5 ms JAX convolution timed right
+# after a PyTorch one read 9.05 ms, 4.77-4.98 ms after a pause of 10-50 ms (EPYC, benchmarks/README.md).
+SETTLE_S = 0.02
+
+
+def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+               settle: float = SETTLE_S) -> dict[str, dict[str, list]]:
     """Run each ``fn`` ``warmup`` times, then ``rounds`` rounds of A B C …; per call, wall and CPU seconds.
 
-    Each ``fn`` must finish its work before returning (block on its result). Returns
-    ``{name: {"wall": [s…], "cpu": [s…]}}``. CPU time (all threads of this process) is kept because on a shared
-    machine wall time partly measures the neighbours.
+    Each ``fn`` must finish its work before returning (block on its result). Each timed call starts
+    ``settle`` seconds after the previous one ended (untimed), so that one side's idle threads do not
+    slow the next side. Returns ``{name: {"wall": [s…], "cpu": [s…]}}``. CPU time (all threads of this
+    process) is kept because on a shared machine wall time partly measures the neighbours.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -58,6 +66,7 @@ def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 
     out = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(settle)
             w, c = time.perf_counter(), time.process_time()
             fn()
             out[name]["cpu"].append(time.process_time() - c)
