@@ -15,7 +15,9 @@ this process, interleaved per round after warm-up (medians; wall and process CPU
 * ``torch_ndhwc`` / ``torch_ncdhw``: ``torch.nn.functional.conv3d`` forward and ``backward`` in
   ``channels_last_3d`` and in the default layout.
 
-``--parts`` times the forward, the input gradient and the kernel gradient separately instead.
+``--parts`` times the forward, the input gradient and the kernel gradient separately instead. PyTorch's
+gradient rows are a forward plus ``backward`` for that one gradient (autograd has no gradient without its
+forward), so compare them with JAX's gradient plus JAX's forward.
 
     python benchmarks/conv3d.py                 # batch 2: 32³ 16→16, 16³ 64→64, 64³ 16→16
     python benchmarks/conv3d.py --quick         # the first two shapes, 3 rounds
