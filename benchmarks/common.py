@@ -47,7 +47,8 @@ def block(x):
 
 # Pause before each timed call. After a parallel region, PyTorch's (and oneDNN's) OpenMP workers spin for
 # GOMP_SPINCOUNT iterations before they sleep, and hold the cores meanwhile: a 5 ms JAX convolution timed right
-# after a PyTorch one read 9.05 ms, 4.77-4.98 ms after a pause of 10-50 ms (EPYC, benchmarks/README.md).
+# after a PyTorch one read 9.05 ms, 4.77-4.98 ms after a pause of 10-50 ms (EPYC,
+# benchmarks/results/2026-12-03_settle/NOTES.md).
 SETTLE_S = 0.02
 
 
