@@ -33,9 +33,13 @@ import json
 import os
 import platform
 import statistics
-import time
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleave  # noqa: E402
+from paired import format_ratio, paired_ratio  # noqa: E402
 
 MODELS, DEPTH = 10, 5
 
@@ -149,16 +153,11 @@ def main(argv=None) -> dict:
     agreement = {name: float(np.nanmax(np.abs(r - results["all_pairs"]))) for name, r in results.items()}
     assert max(agreement.values()) < 1e-4, agreement
 
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * (numpy_scale if name == "per_pair_numpy" else 1.0))
+    times = {name: [s * (numpy_scale if name == "per_pair_numpy" else 1.0) for s in t["wall"]]
+             for name, t in interleave(candidates, rounds, warmup=0).items()}  # the agreement check warmed up
     medians = {name: statistics.median(t) for name, t in times.items()}
     # per-round ratios: both sides of a ratio ran back to back, so load changes between rounds cancel
-    paired = {name: statistics.median(a / b for a, b in zip(t, times["all_pairs"]))
-              for name, t in times.items() if name != "all_pairs"}
+    paired = {name: paired_ratio(t, times["all_pairs"]) for name, t in times.items() if name != "all_pairs"}
     report = {
         "benchmark": "cka",
         "date": datetime.date.today().isoformat(),
@@ -183,7 +182,7 @@ def main(argv=None) -> dict:
           f"{m * (m - 1) // 2} pairs, n={n} probes, {jax.default_backend()}")
     for name, t in medians.items():
         extra = " (extrapolated)" if name == "per_pair_numpy" and numpy_scale > 1 else ""
-        ratio = f"  paired speedup {paired[name]:.0f}×" if name in paired else ""
+        ratio = f"  paired speedup × {format_ratio(paired[name], 0)}" if name in paired else ""
         print(f"  {name:18s} median {t * 1e3:10.1f} ms{extra}   "
               f"({', '.join(f'{x * 1e3:.1f}' for x in times[name])}){ratio}")
     print(f"  speedup all_pairs vs per_pair_jax: {report['speedup_vs_per_pair_jax']:.0f}×, "

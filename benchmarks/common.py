@@ -53,20 +53,25 @@ SETTLE_S = 0.02
 
 
 def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-               settle: float = SETTLE_S) -> dict[str, dict[str, list]]:
+               settle: float = SETTLE_S, rotate: bool = False) -> dict[str, dict[str, list]]:
     """Run each ``fn`` ``warmup`` times, then ``rounds`` rounds of A B C …; per call, wall and CPU seconds.
 
     Each ``fn`` must finish its work before returning (block on its result). Each timed call starts
     ``settle`` seconds after the previous one ended (untimed), so that one side's idle threads do not
-    slow the next side. Returns ``{name: {"wall": [s…], "cpu": [s…]}}``. CPU time (all threads of this
-    process) is kept because on a shared machine wall time partly measures the neighbours.
+    slow the next side. ``rotate`` starts round r at the r-th side (B C A, C A B, …): with many sides a
+    fixed slot, e.g. right after a memory-hungry side, can bias one of them. Returns
+    ``{name: {"wall": [s…], "cpu": [s…]}}``; compare sides with ``paired.paired_ratio``. CPU time (all
+    threads of this process) is kept because on a shared machine wall time partly measures the neighbours.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     out = {name: {"wall": [], "cpu": []} for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             time.sleep(settle)
             w, c = time.perf_counter(), time.process_time()
             fn()

@@ -28,12 +28,12 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (the process settings every benchmark runs with)
+from common import interleave, median_ms  # noqa: E402  (and the process settings every benchmark runs with)
+from paired import format_ratio, paired_ratio  # noqa: E402
 from device_profile import traced, union_ns  # noqa: E402
 
 # XLA:CPU library choices of jaxlib 0.10 (debug_options_flags.cc): YNNPACK handles dots and 2D f32
@@ -125,25 +125,14 @@ def build_variant(config, name: str, frozen_parts=()):
 def interleaved(runners: dict, rounds: int, warmup: int = 1) -> dict:
     """Run each ``runners[name]()`` (blocks until done) once per round, in rotating order; medians, ratios.
 
-    Returns ``{name: {"wall_ms", "cpu_ms", "ratio"}}`` where ``ratio`` is the median over rounds of
+    Returns ``{name: {"wall_ms", "cpu_ms", "ratio", "cpu_ratio"}}`` where ``ratio`` is ``paired_ratio`` of
     wall(name) / wall(first runner) within the same round (robust to drifting machine load).
     """
-    names = list(runners)
-    wall = {n: [] for n in names}
-    cpu = {n: [] for n in names}
-    for r in range(warmup + rounds):
-        # rotate the order every round: a runner's slot (e.g. right after a memory-hungry one) biases it
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            w0, c0 = time.perf_counter(), time.process_time()
-            runners[n]()
-            if r >= warmup:
-                wall[n].append(time.perf_counter() - w0)
-                cpu[n].append(time.process_time() - c0)
-    first = names[0]
-    return {n: {"wall_ms": 1e3 * statistics.median(wall[n]), "cpu_ms": 1e3 * statistics.median(cpu[n]),
-                "ratio": statistics.median(a / b for a, b in zip(wall[n], wall[first])),
-                "cpu_ratio": statistics.median(a / b for a, b in zip(cpu[n], cpu[first]))}
-            for n in names}
+    times = interleave(runners, rounds, warmup, rotate=True)
+    first = times[next(iter(runners))]
+    return {n: {"wall_ms": median_ms(t["wall"]), "cpu_ms": median_ms(t["cpu"]),
+                "ratio": paired_ratio(t["wall"], first["wall"]), "cpu_ratio": paired_ratio(t["cpu"], first["cpu"])}
+            for n, t in times.items()}
 
 
 def step_runner(compiled, state, batch):
@@ -431,13 +420,14 @@ def main(argv=None) -> dict:
         times = interleaved(runners, rounds)
         peak = matmul_gflops()
         result.update(rounds=rounds, frozen=list(frozen), matmul_gflops=peak, variants={})
-        print(f"\n{'variant':38s} {'wall ms':>9s} {'cpu ms':>9s} {'÷ first':>8s} {'cpu ÷ first':>11s} "
+        print(f"\n{'variant':38s} {'wall ms':>9s} {'cpu ms':>9s} {'÷ first [95 %]':>20s} {'cpu ÷ first':>11s} "
               f"{'GFLOP/s':>8s} {'GB/step':>8s}")
         for name, t in times.items():
             f = flops.get(name, flops[names[0]])
             row = dict(t, gflop=f / 1e9, gflops=f / 1e6 / t["wall_ms"], gb_accessed=traffic.get(name, 0.0) / 1e9)
             result["variants"][name] = row
-            print(f"{name:38s} {t['wall_ms']:9.1f} {t['cpu_ms']:9.1f} {t['ratio']:8.2f} {t['cpu_ratio']:11.2f} "
+            print(f"{name:38s} {t['wall_ms']:9.1f} {t['cpu_ms']:9.1f} {format_ratio(t['ratio']):>20s} "
+                  f"{t['cpu_ratio']['median']:11.2f} "
                   f"{row['gflops']:8.1f} {row['gb_accessed']:8.2f}")
         print(f"matmul peak on this machine now: {peak:.1f} GFLOP/s; load average {os.getloadavg()}")
     if args.json:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -56,33 +55,27 @@ def build(config, strategy: str | None, k: int, frozen_parts=()):
 
 
 def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
+    from common import interleave, median_ms
+    from paired import paired_ratio
+
     runners = {"single": build(config, None, 1, frozen_parts)}
     for strategy in strategies:
         for k in ks:
             t = time.perf_counter()
             runners[(strategy, k)] = build(config, strategy, k, frozen_parts)
             print(f"compiled {strategy} K={k} in {time.perf_counter() - t:.1f} s", flush=True)
-    times = {name: [] for name in runners}
-    cpu = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds + 1):  # round 0 warms up; the order rotates (a slot can bias a runner)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            w, c = time.perf_counter(), time.process_time()
-            runners[name]()
-            if r:
-                times[name].append(time.perf_counter() - w)
-                cpu[name].append(time.process_time() - c)
+    times = interleave(runners, rounds, warmup=1, rotate=True)  # the order rotates (a slot can bias a runner)
     single = times["single"]
-    out = {"single_ms": 1e3 * statistics.median(single),
-           "single_cpu_ms": 1e3 * statistics.median(cpu["single"]), "strategies": {}}
+    out = {"single_ms": median_ms(single["wall"]), "single_cpu_ms": median_ms(single["cpu"]), "strategies": {}}
     for strategy in strategies:
         rows = {}
         for k in ks:
-            t, c = times[(strategy, k)], cpu[(strategy, k)]
-            rows[k] = {"step_ms": 1e3 * statistics.median(t),
-                       "per_seed_ms": 1e3 * statistics.median(t) / k,
-                       "per_seed_ratio": statistics.median(a / k / b for a, b in zip(t, single)),
-                       "per_seed_cpu_ratio": statistics.median(a / k / b for a, b in zip(c, cpu["single"]))}
+            t = times[(strategy, k)]
+            per_seed_wall = [s / k for s in t["wall"]]
+            rows[k] = {"step_ms": median_ms(t["wall"]),
+                       "per_seed_ms": median_ms(per_seed_wall),
+                       "per_seed_ratio": paired_ratio(per_seed_wall, single["wall"]),
+                       "per_seed_cpu_ratio": paired_ratio([s / k for s in t["cpu"]], single["cpu"])}
         out["strategies"][strategy] = rows
     return out
 
@@ -124,14 +117,15 @@ def main(argv=None) -> dict:
     result.update(measure(config, strategies, ks, rounds, frozen))
     k_max = max(ks)
     result["headline"] = {"single_ms": round(result["single_ms"], 1), **{
-        f"{strategy} K={k_max} per-seed ratio": round(rows[k_max]["per_seed_ratio"], 3)
+        f"{strategy} K={k_max} per-seed ratio": round(rows[k_max]["per_seed_ratio"]["median"], 3)
         for strategy, rows in result["strategies"].items()}}
+    from paired import format_ratio
     print(f"\nsingle-seed step: {result['single_ms']:.1f} ms wall, {result['single_cpu_ms']:.1f} ms CPU")
-    print(f"per-seed time ÷ single-seed step (same round; median of {rounds} rounds), wall [cpu]:")
-    print(f"{'strategy':10s}" + "".join(f"{'K=' + str(k):>16s}" for k in ks))
+    print(f"per-seed time ÷ single-seed step (same round; median of {rounds} rounds [95 % interval]), wall [cpu]:")
+    print(f"{'strategy':10s}" + "".join(f"{'K=' + str(k):>29s}" for k in ks))
     for strategy, rows in result["strategies"].items():
-        print(f"{strategy:10s}" + "".join(f"{rows[k]['per_seed_ratio']:9.2f} [{rows[k]['per_seed_cpu_ratio']:4.2f}]"
-                                          for k in ks))
+        print(f"{strategy:10s}" + "".join(f"{format_ratio(rows[k]['per_seed_ratio']):>22s} "
+                                          f"[{rows[k]['per_seed_cpu_ratio']['median']:4.2f}]" for k in ks))
     print(f"--seed-strategy auto on {jax.default_backend()}: {result['auto']}; load average {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

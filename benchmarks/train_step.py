@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PRECISIONS, add_common_args, interleave, machine_info, matmul_flops, median_ms,  # noqa: E402
                     set_precision, sync, torch_device, write_json)
+from paired import format_ratio, paired_ratio  # noqa: E402
 
 TORCH_VARIANTS = ("nchw", "channels_last", "compile", "compile_cudagraphs")
 NUM_CLASSES = 4  # the built-in tissue task: background, CSF, grey matter, white matter
@@ -250,14 +250,14 @@ def main(argv=None) -> dict:
         jax_impls_ms = {k.split("/", 1)[1]: v for k, v in ms.items() if k.startswith(regime + "/jax_")}
         best = min(torch_ms, key=torch_ms.get) if torch_ms else None
         jax_ms = ms[f"{regime}/jax"]
-        # Paired per round (neighbouring measurements share the machine's load): median of torch/JAX ratios.
-        paired = {k: statistics.median(t / j for t, j in zip(times[f"{regime}/{k}"]["wall"],
-                                                             times[f"{regime}/jax"]["wall"])) for k in torch_ms}
+        jax_wall = times[f"{regime}/jax"]["wall"]
+        # Paired per round (neighbouring measurements share the machine's load): torch/JAX ratios (paired.py).
+        paired = {k: paired_ratio(times[f"{regime}/{k}"]["wall"], jax_wall) for k in torch_ms}
         regimes[regime] = {
             "jax_ms": jax_ms,
             "jax_other_impls_ms": jax_impls_ms,
-            "jax_other_paired_vs_jax": {k: statistics.median(o / j for o, j in zip(
-                times[f"{regime}/{k}"]["wall"], times[f"{regime}/jax"]["wall"])) for k in jax_impls_ms},
+            "jax_other_paired_vs_jax": {k: paired_ratio(times[f"{regime}/{k}"]["wall"], jax_wall)
+                                        for k in jax_impls_ms},
             "paired_speedup_vs_torch": paired,
             "torch_ms": torch_ms,
             "best_torch": best,
@@ -323,14 +323,14 @@ def print_table(r: dict) -> None:
         print(f"{n:24s} {full or float('nan'):9.1f} {frozen or float('nan'):10.1f} {ratio:>12s} {cpu or float('nan'):12.1f}")
     for regime in ("full", "frozen"):
         g = r[regime]
-        paired = ", ".join(f"{k} {v:.2f}" for k, v in g["paired_speedup_vs_torch"].items())
+        paired = ", ".join(f"{k} {format_ratio(v)}" for k, v in g["paired_speedup_vs_torch"].items())
         print(f"{regime}: speedup_vs_torch {g['speedup_vs_torch'] or float('nan'):.2f} (best torch: {g['best_torch']}; "
               f"per-round paired torch/JAX: {paired}), "
               f"flops_fraction {g['flops_fraction']:.3f} ({g['jax_gflops_per_s']:.1f} GFLOP/s of "
               f"{g['xla_flops_per_step'] / 1e9:.2f} GFLOP/step)")
         if g["jax_other_paired_vs_jax"]:
             print(f"{regime}: other JAX sides ÷ jax, paired: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in g["jax_other_paired_vs_jax"].items()))
+                  + ", ".join(f"{k} {format_ratio(v, 3)}" for k, v in g["jax_other_paired_vs_jax"].items()))
     print("matmul GFLOP/s:", {k: {f: round(v, 1) for f, v in d.items()} for k, d in r["matmul_gflops_per_s"].items()})
     for name, err in r["errors"].items():
         print(f"skipped {name}: {err}")

@@ -55,3 +55,37 @@ def test_random_features_agree_more_as_width_grows(setting):
 def test_needs_two_networks(setting):
     with pytest.raises(ValueError, match="at least 2"):
         untrained_cka_by_width(setting[0], setting[1], widths=(4,), seeds=1)
+
+
+def test_targets_with_the_same_probes_share_one_baseline_computed_once(setting, monkeypatch, tmp_path):
+    from jaxfcn.analysis import width_null
+    from jaxfcn.plots.study import untrained_by_width
+    from jaxfcn.reproduce.analysis import width_null_results
+    from jaxfcn.reproduce.report import width_null_section
+
+    model_config, images = setting
+    calls = []
+
+    def counted(*args, **kwargs):  # the real computation, counted
+        calls.append(args[1])
+        return untrained_cka_by_width(*args, **kwargs)
+
+    monkeypatch.setattr(width_null, "untrained_cka_by_width", counted)
+    config = base_config()
+    config.model = model_config
+    settings = {"null_widths": [2, 4], "estimator": "debiased", **OPTIONS}
+    other = np.random.default_rng(4).normal(size=images.shape).astype(np.float32)
+    probes = {"lobes": images, "deep_nuclei": images.copy(), "structures": other}
+    out = width_null_results(config, probes, settings)
+    assert len(calls) == 2  # the two distinct probe sets
+    assert out["lobes"] == out["deep_nuclei"] != out["structures"]
+    assert out["lobes"]["study_width"] == model_config.base_width
+
+    lines = width_null_section({"cka_untrained_by_width": out})
+    headings = [line for line in lines if line.startswith("*") and not line.startswith("**")]
+    assert headings == ["*lobes, deep_nuclei* (4 networks, 6 pairs per width; one table for 2 targets: they share "
+                        "their probe images, and an untrained network never sees labels)",
+                        "*structures* (4 networks, 6 pairs per width)"]
+    assert sum(line.startswith("| base width") for line in lines) == 2
+    figure = untrained_by_width({"cka_untrained_by_width": out}, str(tmp_path / "by_width.png"))
+    assert open(figure, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -64,3 +64,18 @@ def untrained_cka_by_width(model_config, images: np.ndarray, widths: Sequence[in
             sd[layer].append(float(values.std(ddof=1)) if len(values) > 1 else 0.0)
     return {"widths": [int(w) for w in widths], "layers": layers, "seeds": int(seeds), "pairs": len(pairs),
             "mean": mean, "sd": sd}
+
+
+def targets_sharing_a_baseline(by_width: dict) -> list[tuple[list[str], dict]]:
+    """``by_width`` (target → :func:`untrained_cka_by_width` result) grouped by equal results, in first-seen
+    order: ``[(targets, result), …]``. Targets whose probe images are the same share one baseline, since an
+    untrained network never sees labels; a report shows it once for all of them."""
+    groups: list[tuple[list[str], dict]] = []
+    for target, result in by_width.items():
+        for targets, shared in groups:
+            if shared == result:
+                targets.append(target)
+                break
+        else:
+            groups.append(([target], result))
+    return groups

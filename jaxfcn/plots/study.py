@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxfcn.analysis.width_null import targets_sharing_a_baseline  # noqa: E402
+
 REGIME_STYLE = {"random": ("tab:gray", "o"), "transfer": ("tab:blue", "s"), "transfer_encoder": ("tab:purple", "D"),
                 "frozen_random": ("tab:orange", "^"), "frozen_transfer": ("tab:green", "v")}
 UNTRAINED_STYLE = {"color": "black", "linestyle": "--"}
@@ -169,12 +171,11 @@ def cka_per_layer(results, path):
 
 
 def untrained_by_width(results, path):
-    """Untrained-network CKA per layer against base width, one panel per target; the study's width marked."""
-    by_width = results["cka_untrained_by_width"]
-    targets = sorted(by_width)
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        c = by_width[target]
+    """Untrained-network CKA per layer against base width, one panel per baseline (targets with the same
+    probe images share one); the study's width marked."""
+    groups = targets_sharing_a_baseline(results["cka_untrained_by_width"])
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, (targets, c) in zip(axes[0], groups):
         for layer in c["layers"]:
             ax.plot(c["widths"], c["mean"][layer], marker="o", label=layer)
         if c.get("study_width"):
@@ -184,7 +185,7 @@ def untrained_by_width(results, path):
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
         ax.set_xlabel("base width (channels of the first level)")
         ax.set_ylabel("CKA between untrained networks")
-        ax.set_title(target)
+        ax.set_title(", ".join(targets))
         _legend(ax, fontsize=7)
         ax.grid(alpha=0.3)
     return _save(fig, path)

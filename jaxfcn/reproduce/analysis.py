@@ -36,6 +36,7 @@ of :mod:`jaxfcn.reproduce.claims`); ``results["cka_settings"]`` records the esti
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections import defaultdict
@@ -295,7 +296,10 @@ def analyse(config, sources: list[Run], targets: list[Run], status: dict, progre
 def width_null_results(config, probes: dict[str, np.ndarray], settings: dict) -> dict:
     """Per target: the untrained-network CKA baseline at each of ``study.cka_null_widths`` (empty: none),
     on the target's probe images with the study's estimator and convention
-    (:func:`jaxfcn.analysis.width_null.untrained_cka_by_width`; the study's own width is marked)."""
+    (:func:`jaxfcn.analysis.width_null.untrained_cka_by_width`; the study's own width is marked).
+
+    Targets with the same probe images get the same result, computed once: an untrained network never
+    sees labels (the built-in targets share their val images, so their three baselines are one)."""
     from jaxfcn.analysis.width_null import untrained_cka_by_width
 
     if not settings["null_widths"]:
@@ -304,11 +308,14 @@ def width_null_results(config, probes: dict[str, np.ndarray], settings: dict) ->
     # The head is not a compared layer, and flax draws each module's parameters from its own path, so the
     # class count changes no compared feature; any resolved value builds the model.
     model_config.num_classes = max(1, int(model_config.num_classes))
-    out = {}
+    out, by_images = {}, {}
     for task, images in probes.items():
-        out[task_label(task)] = dict(untrained_cka_by_width(
-            model_config, images, settings["null_widths"], debiased=settings["estimator"] == "debiased",
-            feature_options=feature_options(settings)), study_width=int(config.model.base_width))
+        key = (images.shape, images.dtype.str, hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest())
+        if key not in by_images:
+            by_images[key] = dict(untrained_cka_by_width(
+                model_config, images, settings["null_widths"], debiased=settings["estimator"] == "debiased",
+                feature_options=feature_options(settings)), study_width=int(config.model.base_width))
+        out[task_label(task)] = by_images[key]
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from jaxfcn.analysis.width_null import targets_sharing_a_baseline
 from jaxfcn.reproduce.claims import DICE_FLOOR, size_order
 from jaxfcn.reproduce.stats import ALPHA, format_interval, format_p
 from jaxfcn.train.workdir import write_text_atomic
@@ -168,10 +169,12 @@ def width_null_section(results) -> list[str]:
              "networks of this architecture at other base widths (same probes, estimator and convention; mean "
              "over pairs of networks; * = the study's width). Random features of the same input agree more as "
              "width grows, so this null is a property of the architecture, not of the estimator.", ""]
-    for target, c in by_width.items():
+    for targets, c in targets_sharing_a_baseline(by_width):
         rows = [[f"{w}{' *' if w == c.get('study_width') else ''}"] + [f"{c['mean'][l][i]:.3f}" for l in c["layers"]]
                 for i, w in enumerate(c["widths"])]
-        parts += [f"*{target}* ({c['seeds']} networks, {c['pairs']} pairs per width)", "",
+        shared = (f"; one table for {len(targets)} targets: they share their probe images, and an untrained "
+                  "network never sees labels" if len(targets) > 1 else "")
+        parts += [f"*{', '.join(targets)}* ({c['seeds']} networks, {c['pairs']} pairs per width{shared})", "",
                   _table(["base width"] + c["layers"], rows), ""]
     return parts
 
