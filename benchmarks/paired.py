@@ -49,9 +49,10 @@ def paired_ratio(numerators: Sequence[float], denominators: Sequence[float], lev
             "coverage": sign_test_coverage(n, k), "rounds": n}
 
 
-def format_ratio(r: dict, digits: int = 2) -> str:
-    """``"1.04 [0.97, 1.10]"``, with the interval's coverage appended when it falls short of 95 %."""
+def format_ratio(r: dict, digits: int = 2, unit: str = "rounds") -> str:
+    """``"1.04 [0.97, 1.10]"``, with the interval's coverage appended when it falls short of 95 %
+    (``unit`` names what was counted: rounds of one run, or runs)."""
     text = f"{r['median']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
     if r["coverage"] < LEVEL:
-        text += f" ({100 * r['coverage']:.1f} % interval: {r['rounds']} rounds)"
+        text += f" ({100 * r['coverage']:.1f} % interval: {r['rounds']} {unit})"
     return text

@@ -1,4 +1,5 @@
 """The benchmarks' paired-ratio interval (benchmarks/paired.py) against scipy, tables and a coverage simulation."""
+import json
 import sys
 from pathlib import Path
 
@@ -60,3 +61,23 @@ def test_unpaired_times_are_refused():
         paired_ratio([1.0, 2.0, 3.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="non-empty"):
         paired_ratio([], [])
+
+
+def test_across_runs_reads_committed_results(tmp_path, capsys):
+    """Each run's ratio is the JSON's own speedup_vs_torch; the summary is the sign-test interval over runs."""
+    from across_runs import main
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    paths = sorted(str(p) for p in results.glob("2026-12-03_settle/*.json"))
+    summary = main(paths + ["--json", str(tmp_path / "summary.json")])
+    full = summary["train step 64³, batch 2, base 8, depth 4, float32, full"]
+    expected = [json.loads((results / "2026-12-03_settle" / name).read_text())["full"]["speedup_vs_torch"]
+                for name in ("ts3d_64_base8.json", "ts3d_64_base8_run2.json", "ts3d_64_base8_skip_concat.json")]
+    assert sorted(r["ratio"] for r in full["runs"]) == sorted(expected)
+    assert full["across_runs"] == paired_ratio(expected, [1.0] * 3)
+    assert full["across_runs"]["median"] == pytest.approx(np.median(expected))
+    window = summary["sliding window 1 mm, 64³ windows, overlap 0.5, base 8, batch 2"]
+    assert len(window["runs"]) == 2
+    out = capsys.readouterr().out
+    assert "skipped (not a train_step or sliding_window result)" in out and "conv3d_parts.json" in out
+    assert json.loads((tmp_path / "summary.json").read_text()).keys() == summary.keys()
