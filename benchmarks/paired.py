@@ -28,7 +28,8 @@ LEVEL = 0.95
 
 
 def sign_test_coverage(n: int, k: int) -> float:
-    """Exact coverage of [r_(k), r_(n+1−k)] for the median of n independent draws: 1 − 2·P(Bin(n, ½) ≤ k − 1)."""
+    """Exact coverage of [r_(k), r_(n+1−k)] for the median of n independent draws:
+    1 − 2·P(Bin(n, ½) ≤ k − 1)."""
     return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
 
 

@@ -268,7 +268,9 @@ def main(argv=None) -> dict:
             "paired_speedup_vs_torch": paired_ratio(t["torch"]["wall"], t["jax"]["wall"]),
         }
     result["headline"] = {"jax_s": seconds[jax_best], "best_torch_s": seconds[torch_best],
-                          "speedup_vs_torch": result["speedup_vs_torch"], "label_agreement": result["label_agreement"]}
+                          "speedup_vs_torch": result["speedup_vs_torch"],
+                          "paired_vs_best_torch": format_ratio(first["paired_speedup_vs_torch"][first["best_torch"]]),
+                          "label_agreement": result["label_agreement"]}
     if "network_call" in result:
         result["headline"]["network_call_speedup_vs_torch"] = result["network_call"]["paired_speedup_vs_torch"]["median"]
     print_table(result)

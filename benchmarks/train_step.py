@@ -302,6 +302,10 @@ def main(argv=None) -> dict:
         "frozen_speedup_vs_torch": frozen["speedup_vs_torch"],
         "frozen_over_full_jax": result["frozen_over_full"]["jax"],
     }
+    for prefix, g in (("", full), ("frozen_", frozen)):  # the per-round ratio against the best PyTorch, 95 %
+        if g["best_torch"]:
+            paired = g["paired_speedup_vs_torch"][g["best_torch"]]
+            result["headline"][f"{prefix}paired_vs_best_torch"] = format_ratio(paired)
     print_table(result)
     write_json(args.json, result)
     return result

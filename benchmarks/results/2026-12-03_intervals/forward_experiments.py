@@ -4,8 +4,10 @@ of JAX (`fast`) and the PyTorch twin (channels_last_3d), timed three ways in one
 1. order: does the side run just before a timed call slow it (20 ms or 300 ms pause)?
 2. content: does a batch's content (corner windows are > 90 % zeros) change either side's time?
 3. interference: a busy loop on core 1 for 20 % / 50 % of each 10 ms: does it slow one side more?
+4. idle: busy loops at SCHED_IDLE priority on both cores (they run only when nothing else wants a core, and
+   a thread that wakes preempts them inside the guest, so the VM's vCPUs never halt): off, on, off, on.
 
-    python benchmarks/results/2026-12-03_intervals/forward_experiments.py
+    python benchmarks/results/2026-12-03_intervals/forward_experiments.py [order,content,interference,idle]
 """
 import os
 import statistics
@@ -56,6 +58,19 @@ def report(label, times):
               f"CPU {1e3 * statistics.median(t['cpu']):6.1f} ms", flush=True)
 
 
+def busy_loops(cores, duty: float, idle_priority: bool = False) -> list:
+    """Busy-loop processes, one per core in ``cores``, spinning ``duty`` of every 10 ms."""
+    prefix = ["chrt", "--idle", "0"] if idle_priority else []
+    return [subprocess.Popen(prefix + ["taskset", "-c", str(c), sys.executable, "-c", HOG, str(duty)]) for c in cores]
+
+
+def stop(processes):
+    for p in processes:
+        p.kill()
+        p.wait()
+
+
+experiments = (sys.argv[1] if len(sys.argv) > 1 else "order,content,interference").split(",")
 firsts = np.linspace(0, len(starts) - 2, 5).round().astype(int).tolist()
 J, T, _ = sides(firsts[1])
 for _ in range(3):
@@ -63,7 +78,7 @@ for _ in range(3):
 
 # 1. order: a conditioning call, then the timed one
 times = {}
-for _ in range(10):
+for _ in range(10 if "order" in experiments else 0):
     for label, before, fn, pause in (("JAX after JAX, 20 ms", J, J, 0.02), ("JAX after PyTorch, 20 ms", T, J, 0.02),
                                      ("JAX after PyTorch, 300 ms", T, J, 0.3), ("PyTorch after PyTorch, 20 ms", T, T, 0.02),
                                      ("PyTorch after JAX, 20 ms", J, T, 0.02), ("PyTorch after JAX, 300 ms", J, T, 0.3)):
@@ -77,19 +92,26 @@ for label, t in times.items():
 
 # 2. content: five batches spread through the volume's window order
 fns = {}
-for first in firsts:
+for first in firsts if "content" in experiments else []:
     j, t, zeros = sides(first)
     fns[f"jax {first} ({zeros:.0%} zeros)"], fns[f"torch {first}"] = j, t
-for name, t in common.interleave(fns, rounds=6).items():
+for name, t in (common.interleave(fns, rounds=6) if fns else {}).items():
     report("2. batch " + name, {"": t})
 
 # 3. interference on core 1
-for duty in (0.0, 0.2, 0.5):
-    hog = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", HOG, str(duty)]) if duty else None
+for duty in (0.0, 0.2, 0.5) if "interference" in experiments else ():
+    hogs = busy_loops([1], duty) if duty else []
     time.sleep(0.5)
     try:
         report(f"3. busy loop {duty:.0%} of core 1", common.interleave({"jax": J, "torch": T}, rounds=8))
     finally:
-        if hog:
-            hog.kill()
-            hog.wait()
+        stop(hogs)
+
+# 4. SCHED_IDLE busy loops on both cores
+for on in (False, True, False, True) if "idle" in experiments else ():
+    spinners = busy_loops([0, 1], 1.0, idle_priority=True) if on else []
+    time.sleep(0.5)
+    try:
+        report(f"4. SCHED_IDLE loops {'on' if on else 'off'}", common.interleave({"jax": J, "torch": T}, rounds=8))
+    finally:
+        stop(spinners)
