@@ -21,6 +21,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
 from paired import format_ratio, paired_ratio  # noqa: E402
 
 
@@ -72,9 +73,7 @@ def main(argv=None) -> dict:
               f"({', '.join(f'{r:.2f}' for r in ratios)})")
     if skipped:
         print(f"skipped (not a train_step or sliding_window result): {', '.join(skipped)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_json(args.json, summary)
     return summary
 
 
