@@ -132,9 +132,9 @@ def network_call_sides(config, variables, image, overlap, memory_format, calls: 
     """``{"jax": run, "torch": run}``: each runs ``calls`` forward + softmax calls, on ``calls`` batches of
     windows spread evenly through the volume's sliding-window order (the same batches on both sides). JAX
     calls through ``make_probabilities_fn``, PyTorch through the twin in ``inference_mode`` with
-    ``memory_format``. Spread, because windows differ: the corner batch is 96 % zeros, and PyTorch ran it
-    slower than a central batch (medians 312–359 against 227–272 ms, EPYC, 2026-12-03; not denormals:
-    no layer's output holds one), so timing the corner alone flattered JAX."""
+    ``memory_format``. Spread, because a volume's windows differ (14–97 % zeros here) and the corner batch
+    alone stands for none of them: a first check on a busy machine had PyTorch slower on it, a later one
+    found no effect of content on either side (``results/2026-12-03_intervals/NOTES.md``)."""
     import jax
     import numpy as np
     import torch
