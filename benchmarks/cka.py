@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -38,7 +37,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleave  # noqa: E402
+from common import interleave, write_json  # noqa: E402
 from paired import format_ratio, paired_ratio  # noqa: E402
 
 MODELS, DEPTH = 10, 5
@@ -188,9 +187,7 @@ def main(argv=None) -> dict:
     print(f"  speedup all_pairs vs per_pair_jax: {report['speedup_vs_per_pair_jax']:.0f}×, "
           f"vs per_pair_jit_async: {report['speedup_vs_per_pair_jit_async']:.0f}×"
           + (f", vs per_pair_numpy: {report['speedup_vs_per_pair_numpy']:.0f}×" if "per_pair_numpy" in medians else ""))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return report
 
 

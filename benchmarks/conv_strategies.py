@@ -32,7 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleave, median_ms  # noqa: E402  (and the process settings every benchmark runs with)
+from common import interleave, median_ms, write_json  # noqa: E402  (and the process settings of every benchmark)
 from paired import format_ratio, paired_ratio  # noqa: E402
 from device_profile import traced, union_ns  # noqa: E402
 
@@ -430,9 +430,7 @@ def main(argv=None) -> dict:
                   f"{t['cpu_ratio']['median']:11.2f} "
                   f"{row['gflops']:8.1f} {row['gb_accessed']:8.2f}")
         print(f"matmul peak on this machine now: {peak:.1f} GFLOP/s; load average {os.getloadavg()}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return result
 
 

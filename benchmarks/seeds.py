@@ -55,7 +55,7 @@ def build(config, strategy: str | None, k: int, frozen_parts=()):
 
 
 def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
-    from common import interleave, median_ms
+    from common import interleave, median_ms  # (after JAX's backend started: its process settings do not apply)
     from paired import paired_ratio
 
     runners = {"single": build(config, None, 1, frozen_parts)}
@@ -127,9 +127,9 @@ def main(argv=None) -> dict:
         print(f"{strategy:10s}" + "".join(f"{format_ratio(rows[k]['per_seed_ratio']):>22s} "
                                           f"[{rows[k]['per_seed_cpu_ratio']['median']:4.2f}]" for k in ks))
     print(f"--seed-strategy auto on {jax.default_backend()}: {result['auto']}; load average {os.getloadavg()}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+    from common import write_json
+
+    write_json(args.json, result)
     return result
 
 
