@@ -55,7 +55,7 @@ def build(config, strategy: str | None, k: int, frozen_parts=()):
 
 
 def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
-    from common import interleave, median_ms  # (after JAX's backend started: its process settings do not apply)
+    from common import interleave, median_ms
     from paired import paired_ratio
 
     runners = {"single": build(config, None, 1, frozen_parts)}
