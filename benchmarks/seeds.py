@@ -19,6 +19,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleave, median_ms, write_json  # noqa: E402  (and the process settings of every benchmark)
+from paired import format_ratio, paired_ratio  # noqa: E402
 
 QUICK_STRATEGIES = ("vmap", "per_seed", "unrolled")
 
@@ -55,9 +58,6 @@ def build(config, strategy: str | None, k: int, frozen_parts=()):
 
 
 def measure(config, strategies, ks, rounds: int, frozen_parts=()) -> dict:
-    from common import interleave, median_ms
-    from paired import paired_ratio
-
     runners = {"single": build(config, None, 1, frozen_parts)}
     for strategy in strategies:
         for k in ks:
@@ -119,7 +119,6 @@ def main(argv=None) -> dict:
     result["headline"] = {"single_ms": round(result["single_ms"], 1), **{
         f"{strategy} K={k_max} per-seed ratio": round(rows[k_max]["per_seed_ratio"]["median"], 3)
         for strategy, rows in result["strategies"].items()}}
-    from paired import format_ratio
     print(f"\nsingle-seed step: {result['single_ms']:.1f} ms wall, {result['single_cpu_ms']:.1f} ms CPU")
     print(f"per-seed time ÷ single-seed step (same round; median of {rounds} rounds [95 % interval]), wall [cpu]:")
     print(f"{'strategy':10s}" + "".join(f"{'K=' + str(k):>29s}" for k in ks))
@@ -127,13 +126,10 @@ def main(argv=None) -> dict:
         print(f"{strategy:10s}" + "".join(f"{format_ratio(rows[k]['per_seed_ratio']):>22s} "
                                           f"[{rows[k]['per_seed_cpu_ratio']['median']:4.2f}]" for k in ks))
     print(f"--seed-strategy auto on {jax.default_backend()}: {result['auto']}; load average {os.getloadavg()}")
-    from common import write_json
-
     write_json(args.json, result)
     return result
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

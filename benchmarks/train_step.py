@@ -304,8 +304,8 @@ def main(argv=None) -> dict:
     }
     for prefix, g in (("", full), ("frozen_", frozen)):  # the per-round ratio against the best PyTorch, 95 %
         if g["best_torch"]:
-            paired = g["paired_speedup_vs_torch"][g["best_torch"]]
-            result["headline"][f"{prefix}paired_vs_best_torch"] = format_ratio(paired)
+            vs_best = g["paired_speedup_vs_torch"][g["best_torch"]]
+            result["headline"][f"{prefix}paired_vs_best_torch"] = format_ratio(vs_best)
     print_table(result)
     write_json(args.json, result)
     return result
