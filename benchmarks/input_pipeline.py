@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# common first: the process settings of the `jaxfcn` command (host memory kept), as in every benchmark.
+from common import write_json  # noqa: E402
 
 
 def make_config(quick: bool, task: str, batch_size: int):
@@ -124,9 +128,7 @@ def main(argv=None) -> dict:
     print(f"  host batches only:                                    {med['host_only']:10.1f} examples/s")
     print(f"  consumed by the train step:                           {med['consume']:10.1f} examples/s")
     print(f"  ratio supplied / consumed: {result['ratio_supply_over_consume']:.1f}x (goal >= 5x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return result
 
 
