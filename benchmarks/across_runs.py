@@ -25,6 +25,17 @@ from common import write_json  # noqa: E402
 from paired import format_ratio, paired_ratio  # noqa: E402
 
 
+def jax_variant(config: dict) -> str:
+    """``""`` for the shipped JAX side; else what differs (e.g. ``", JAX skip_join concat"``): a run of another
+    formulation is another setting, never one more run of the shipped one."""
+    parts = []
+    if config.get("conv_impl", ["fast"])[:1] != ["fast"]:
+        parts.append(f"conv_impl {config['conv_impl'][0]}")
+    if config.get("skip_join"):
+        parts.append(f"skip_join {config['skip_join'][0]}")
+    return f", JAX {', '.join(parts)}" if parts else ""
+
+
 def run_ratios(result: dict) -> dict[str, float]:
     """``{setting: JAX ÷ best PyTorch}`` of one result JSON (a train step gives its full and frozen steps)."""
     if result.get("benchmark") not in ("train_step", "sliding_window"):
@@ -32,11 +43,12 @@ def run_ratios(result: dict) -> dict[str, float]:
     c = result["config"]
     if result["benchmark"] == "train_step":
         shape = f"{c['size']}{'³' if c['dims'] == 3 else '²'}"
-        name = f"train step {shape}, batch {c['batch']}, base {c['base_width']}, depth {c['depth']}, {c['dtype']}"
+        name = (f"train step {shape}, batch {c['batch']}, base {c['base_width']}, depth {c['depth']}, {c['dtype']}"
+                f"{jax_variant(c)}")
         return {f"{name}, {regime}": result[regime]["speedup_vs_torch"] for regime in ("full", "frozen")
                 if result[regime].get("speedup_vs_torch")}
     name = (f"sliding window {c['spacing_mm']:g} mm, {c['patch']}³ windows, overlap {c['overlap']:g}, "
-            f"base {c['base_width']}")
+            f"base {c['base_width']}{jax_variant(c)}")
     return {f"{name}, batch {batch}": row["speedup_vs_torch"] for batch, row in result["by_batch"].items()}
 
 
