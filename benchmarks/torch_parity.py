@@ -203,13 +203,11 @@ def main(argv=None) -> dict:
 
 
 def plot_curves(per_seed: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    from jaxfcn.plots import pyplot, save
+
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
     for r in per_seed:
         c = r["losses"]
         line, = top.plot(c["jax"], lw=1, label=f"seed {r['seed']} JAX")
@@ -222,7 +220,7 @@ def plot_curves(per_seed: list[dict], path: str) -> None:
     bottom.set_ylabel("|Δ loss| (solid: PyTorch−JAX,\ndotted: JAX per-step-ulp-noise−JAX)")
     bottom.set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path, bbox_inches=None)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 
 from jaxfcn.errors import UserError
+from jaxfcn.files import write_bytes_atomic, write_text_atomic
 
 FIRST_LAYER = "encoder/block_0/conv_0"
 ESTIMATORS = ("debiased", "biased")  # CKA estimators of every analysis
@@ -278,18 +280,24 @@ def _safe(name: str) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-        f.write("\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def _write_npz(path: str, **arrays) -> None:
+    import numpy as np
+
+    data = io.BytesIO()
+    np.savez(data, **arrays)
+    write_bytes_atomic(path, data.getvalue())
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("+".join(v) if isinstance(v, list) and k == "rejected" else v)
-                             for k, v in row.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("+".join(v) if isinstance(v, list) and k == "rejected" else v) for k, v in row.items()})
+    write_text_atomic(path, text.getvalue())
 
 
 def _representation_settings(args, task: str, n: int) -> dict:
@@ -331,8 +339,8 @@ def _cka(args) -> int:
             null = {layers[k]: v for k, v in _permutation_null(grams, r, l, args.permutations, args.probe_seed).items()}
     os.makedirs(args.out, exist_ok=True)
     cka = matrix.reshape(r, l, r, l)
-    np.savez(os.path.join(args.out, "cka.npz"), cka=cka, runs=np.array(labels), layers=np.array(layers),
-             steps=np.array(steps))
+    _write_npz(os.path.join(args.out, "cka.npz"), cka=cka, runs=np.array(labels), layers=np.array(layers),
+               steps=np.array(steps))
     files = {"npz": "cka.npz", "layer_x_layer": [], "run_x_run": []}
     for a in range(r):
         for b in range(a, r):
@@ -464,7 +472,7 @@ def _evolution(args) -> int:
         print(f"note: {label} is constant over the probe set; its CKA is reported as 0")
     steps, vs_init, vs_final = evo["steps"], evo["vs_init"], evo["vs_final"]
     os.makedirs(args.out, exist_ok=True)
-    np.savez(os.path.join(args.out, "evolution.npz"), cka=evo["cka"], steps=np.array(steps), layers=np.array(layers))
+    _write_npz(os.path.join(args.out, "evolution.npz"), cka=evo["cka"], steps=np.array(steps), layers=np.array(layers))
     _write_json(os.path.join(args.out, "evolution.json"), {
         "run": os.path.abspath(args.run), "steps": steps, "layers": layers, "vs_init": vs_init,
         "vs_final": vs_final, "axes": ["step_a", "layer_a", "step_b", "layer_b"],

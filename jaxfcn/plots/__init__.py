@@ -14,7 +14,10 @@ Example::
 """
 from __future__ import annotations
 
+import io
 import os
+
+from jaxfcn.files import write_bytes_atomic
 
 
 def pyplot():
@@ -27,9 +30,14 @@ def pyplot():
     return plt
 
 
-def save(fig, path: str) -> str:
-    """Write ``fig`` to ``path`` (folders created), close it, return ``path``."""
+def save(fig, path: str, dpi: int = 120, **savefig_options) -> str:
+    """Write ``fig`` to ``path`` as PNG atomically (rendered in memory, then :func:`jaxfcn.files.write_bytes_atomic`;
+    folders created), close it, return ``path``. Options: matplotlib's ``savefig``'s (default a tight box)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
+    png = io.BytesIO()
+    try:
+        fig.savefig(png, format="png", dpi=dpi, **({"bbox_inches": "tight"} | savefig_options))
+    finally:
+        pyplot().close(fig)
+    write_bytes_atomic(path, png.getvalue())
     return path

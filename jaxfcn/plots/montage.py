@@ -7,6 +7,7 @@ import numpy as np
 
 from jaxfcn.data.dataset import Case
 from jaxfcn.data.preprocess import ORIENTATION_AXIS
+from jaxfcn.plots import save
 
 
 def _centre_slices(case: Case, orientation: str, count: int) -> list[int]:
@@ -58,5 +59,4 @@ def write_montage(cases: Sequence[Case], class_names: Sequence[str], out_path: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    save(fig, out_path, dpi=100, bbox_inches=None)

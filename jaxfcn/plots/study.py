@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxfcn.analysis.width_null import targets_sharing_a_baseline  # noqa: E402
+from jaxfcn.plots import save  # noqa: E402
 
 REGIME_STYLE = {"random": ("tab:gray", "o"), "transfer": ("tab:blue", "s"), "transfer_encoder": ("tab:purple", "D"),
                 "frozen_random": ("tab:orange", "^"), "frozen_transfer": ("tab:green", "v")}
@@ -23,9 +24,7 @@ PERMUTATION_STYLE = {"color": "0.55", "linestyle": ":"}
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110, bbox_inches=None)
 
 
 def _errorbar(ax, x, intervals, **style):
@@ -211,9 +210,7 @@ def model_heatmaps(target_cka: dict, path, title: str = ""):
         ax.set_yticks(range(len(models)), models, fontsize=5)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="linear CKA")
     fig.suptitle(f"CKA between models per layer — {title} (untrained/<s>: the null of independent initialisations)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110, bbox_inches=None)
 
 
 def evolution(evo: dict, layer_summary: dict, title: str, path):

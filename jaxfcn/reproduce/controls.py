@@ -380,7 +380,7 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
 
     figures = write_figures(results, os.path.join(out_dir, "figures"))
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    from jaxfcn.train.workdir import write_text_atomic
+    from jaxfcn.files import write_text_atomic
 
     write_text_atomic(os.path.join(out_dir, "controls.md"), markdown(results, figures, out_dir))
     return results

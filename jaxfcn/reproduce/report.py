@@ -7,7 +7,7 @@ import os
 from jaxfcn.analysis.width_null import targets_sharing_a_baseline
 from jaxfcn.reproduce.claims import DICE_FLOOR, size_order
 from jaxfcn.reproduce.stats import ALPHA, format_interval, format_p
-from jaxfcn.train.workdir import write_text_atomic
+from jaxfcn.files import write_text_atomic
 
 PAPER = ('Karimi, Warfield & Gholipour, "Critical Assessment of Transfer Learning for Medical Image Segmentation '
          'with Fully Convolutional Neural Networks" (arXiv 2006.00356, 2020), published as "Transfer Learning in '

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxfcn.config import architecture_of
 from jaxfcn.errors import UserError
+from jaxfcn.files import write_text_atomic
 from jaxfcn.partition import transfer_differences
 from jaxfcn.train import curves
 from jaxfcn.train import workdir as wd
@@ -73,7 +74,7 @@ class MetricsLog:
                         self.records.append(record)
         self._file = None  # ``write=False`` (a non-primary process of a multi-host run): read, never write
         if write:
-            wd.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
             self._file = open(path, "a")
 
     def write(self, record: dict) -> None:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 
 import ml_collections
 
 from jaxfcn.config import base_config, config_to_json
 from jaxfcn.errors import UserError
+from jaxfcn.files import write_text_atomic
 from jaxfcn.train.lock import LOCK_FILE
 
 CONFIG_FILE = "config.json"
@@ -35,22 +35,6 @@ DATASET_INFO_FILE = "dataset_info.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 EVAL_SUMMARY_FILE = "summary.json"
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same directory and ``os.replace`` (never a half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: str, obj) -> None:
