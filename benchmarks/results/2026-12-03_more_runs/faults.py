@@ -1,13 +1,11 @@
 """Whole 1 mm volumes, JAX and PyTorch channels_last interleaved as in sliding_window.py; per call: wall, CPU, minor faults."""
 import os, sys, time, resource, statistics
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, numpy as np, torch
+from setup_1mm import config, image, model, probabilities, variables  # noqa: F401
+import jax
+import numpy as np
+import torch
 import sliding_window as sw
-from jaxfcn.models import build_model
 torch.set_num_threads(2)
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-variables = build_model(config.model).init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
 fj, _ = sw.jax_side(config, variables, image, 0.5)
 ft, _ = sw.torch_side(config, variables, image, 0.5, torch.channels_last_3d)
 fj(); ft()

@@ -1,14 +1,13 @@
 """As faults.py, plus a JAX side whose loop waits for each host-to-device transfer before dispatching; faults per thread."""
 import os, sys, time, resource, statistics, glob
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, jax.numpy as jnp, numpy as np, torch
+from setup_1mm import config, image, model, probabilities, variables  # noqa: F401
+import jax
+import numpy as np
+import torch
+import jax.numpy as jnp
 import sliding_window as sw
-from jaxfcn.models import build_model
 from jaxfcn.train import inference as inf
 torch.set_num_threads(2)
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-variables = build_model(config.model).init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
 fj, _ = sw.jax_side(config, variables, image, 0.5)
 ft, _ = sw.torch_side(config, variables, image, 0.5, torch.channels_last_3d)
 orig_asarray = jnp.asarray

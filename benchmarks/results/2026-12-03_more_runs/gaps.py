@@ -1,16 +1,11 @@
-"""Which dispatch, taken right after the previous call returned, starts XLA's worker-thread mode? A 1-µs-ish syscall gap
-(os.getppid) at one point of the sliding-window loop; whole-volume faults and time."""
+"""Which dispatch, taken right after the previous call returned, starts XLA's worker-thread mode? A 1 ms pause at one
+point of the sliding-window loop (or none); whole-volume faults and time."""
 import os, sys, time, resource
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, jax.numpy as jnp, numpy as np
-import sliding_window as sw
-from jaxfcn.models import build_model
+from setup_1mm import config, image, model, probabilities as pf, variables  # noqa: F401
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxfcn.train import inference as inf
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-model = build_model(config.model)
-variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
-pf = inf.make_probabilities_fn(model)
 spatial = image.shape[:3]
 starts = np.array([(a, b, c) for a in inf.window_starts(spatial[0], 64, .5) for b in inf.window_starts(spatial[1], 64, .5)
                    for c in inf.window_starts(spatial[2], 64, .5)], np.int32)

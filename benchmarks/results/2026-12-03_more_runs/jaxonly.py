@@ -1,11 +1,8 @@
 import os, sys, time, resource
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, numpy as np
+from setup_1mm import config, image, model, probabilities, variables  # noqa: F401
+import jax
+import numpy as np
 import sliding_window as sw
-from jaxfcn.models import build_model
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-variables = build_model(config.model).init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
 fj, _ = sw.jax_side(config, variables, image, 0.5)
 fj()
 for r in range(int(sys.argv[1])):

@@ -1,13 +1,10 @@
 import sys, time, statistics
-import os; sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, jax.numpy as jnp, numpy as np
+from setup_1mm import config, image, model, probabilities, variables  # noqa: F401
+import jax
+import numpy as np
+import jax.numpy as jnp
 import sliding_window as sw
-from jaxfcn.models import build_model
 from jaxfcn.train import inference as inf
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-model = build_model(config.model)
-variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
 pf = inf.make_probabilities_fn(model)
 patch = (64, 64, 64); bs = 2
 spatial = image.shape[:3]

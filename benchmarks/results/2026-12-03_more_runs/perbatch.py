@@ -1,14 +1,9 @@
 import os, sys, time, resource
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common, jax, jax.numpy as jnp, numpy as np
-import sliding_window as sw
-from jaxfcn.models import build_model
+from setup_1mm import config, image, model, probabilities as pf, variables  # noqa: F401
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxfcn.train import inference as inf
-image = sw.volume(1.0)
-config = sw.model_config(64, 2, "fast")
-model = build_model(config.model)
-variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
-pf = inf.make_probabilities_fn(model)
 mode = sys.argv[2] if len(sys.argv) > 2 else "plain"
 def flt(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def volume():
