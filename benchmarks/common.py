@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -234,7 +233,7 @@ def machine_info() -> dict:
 def write_json(path: str | None, result: dict) -> None:
     """Write ``result`` to ``path`` (if given) atomically: an interrupted run never leaves half a file."""
     if path:
-        from jaxfcn.files import write_text_atomic
+        from jaxfcn.files import write_json_atomic
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
+        write_json_atomic(path, result, default=float)

@@ -7,11 +7,12 @@ umask): ``tempfile.mkstemp``'s 0600 would hide a run's results from the rest of 
 
 Example::
 
-    from jaxfcn.files import write_text_atomic
-    write_text_atomic("runs/a/summary.json", text)
+    from jaxfcn.files import write_json_atomic
+    write_json_atomic("runs/a/summary.json", summary)
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 
@@ -36,3 +37,9 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 def write_text_atomic(path: str, text: str) -> None:
     """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str, obj, default=list, sort_keys: bool = True) -> None:
+    """:func:`write_text_atomic` of ``obj`` as indented JSON and a final newline; ``default`` converts what
+    JSON cannot hold (lists for tuples and arrays; ``float`` for NumPy scalars)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=default) + "\n")

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from jaxfcn import plots
-from jaxfcn.files import write_bytes_atomic, write_text_atomic
+from jaxfcn.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
 @pytest.fixture
@@ -64,3 +64,14 @@ def test_a_figure_that_fails_to_render_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError, match="cannot draw"):
         plots.save(fig, str(tmp_path / "broken.png"))
     assert os.listdir(tmp_path) == []
+
+
+def test_json_is_indented_sorted_and_converts_what_json_cannot_hold(tmp_path):
+    import json
+
+    import numpy as np
+
+    write_json_atomic(str(tmp_path / "a.json"), {"b": (1, 2), "a": 1})
+    write_json_atomic(str(tmp_path / "b.json"), {"b": np.float32(0.5), "a": 1}, default=float, sort_keys=False)
+    assert (tmp_path / "a.json").read_text() == json.dumps({"a": 1, "b": [1, 2]}, indent=2) + "\n"
+    assert (tmp_path / "b.json").read_text() == json.dumps({"b": 0.5, "a": 1}, indent=2) + "\n"

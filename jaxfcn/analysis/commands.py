@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 
 from jaxfcn.errors import UserError
-from jaxfcn.files import write_bytes_atomic, write_text_atomic
+from jaxfcn.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 FIRST_LAYER = "encoder/block_0/conv_0"
 ESTIMATORS = ("debiased", "biased")  # CKA estimators of every analysis
@@ -280,7 +279,7 @@ def _safe(name: str) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+    write_json_atomic(path, obj, default=float, sort_keys=False)  # keys in the order the analysis lists them
 
 
 def _write_npz(path: str, **arrays) -> None:

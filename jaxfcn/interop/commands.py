@@ -73,6 +73,7 @@ def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None
     import torch
 
     from jaxfcn.interop.torch import torch_to_flax_variables
+    from jaxfcn.files import write_json_atomic
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.checkpoint import save_snapshot, snapshot_manager
     from jaxfcn.train.integrity import sha256_file
@@ -113,7 +114,7 @@ def import_torch(state_dict_path: str, config, workdir: str, *, step: int | None
                 save_snapshot(manager, at, snapshots[at])
         finally:
             manager.close()
-        wd.write_json_atomic(os.path.join(tmp, IMPORT_RECORD), record)
+        write_json_atomic(os.path.join(tmp, IMPORT_RECORD), record)
         if os.path.isdir(workdir):
             os.rmdir(workdir)  # empty (checked above); rename cannot replace a directory on every OS
         os.rename(tmp, workdir)

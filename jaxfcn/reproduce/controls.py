@@ -327,7 +327,8 @@ def run_controls(config, out_dir: str, *, names=(), progress: bool = True, datas
     from tqdm import tqdm
 
     from jaxfcn.train.evaluate import evaluate_run
-    from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, write_json_atomic
+    from jaxfcn.files import write_json_atomic
+    from jaxfcn.train.workdir import EVAL_SUMMARY_FILE
 
     started = time.time()
     controls = select_controls(names)

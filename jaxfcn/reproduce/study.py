@@ -40,7 +40,8 @@ from jaxfcn.errors import UserError
 from jaxfcn.reproduce.grid import REGIMES, Run, conditions, plan, program_dir, run_config, target_steps, task_label
 from jaxfcn.train import curves
 from jaxfcn.train.lock import holding
-from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, trained_to, write_json_atomic
+from jaxfcn.files import write_json_atomic
+from jaxfcn.train.workdir import EVAL_SUMMARY_FILE, METRICS_FILE, trained_to
 
 DIVERGED_FILE = "diverged.json"
 OK, DIVERGED, SOURCE_DIVERGED = "ok", "diverged", "source diverged"

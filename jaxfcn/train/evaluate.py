@@ -25,6 +25,7 @@ def evaluate_run(workdir: str, split: str = "test", data: str | None = None, ste
 
     ``step``: None = latest/final params, an int, or ``"best"`` (best validation checkpoint).
     """
+    from jaxfcn.files import write_json_atomic
     from jaxfcn.train import workdir as wd
     from jaxfcn.train.checkpoint import load_variables
     from jaxfcn.train.metrics import case_metrics, json_safe, summarize
@@ -68,5 +69,5 @@ def evaluate_run(workdir: str, split: str = "test", data: str | None = None, ste
         **summarize(per_case, dataset.info.class_names),
     }
     summary = json_safe(summary)
-    wd.write_json_atomic(output, summary)
+    write_json_atomic(output, summary)
     return summary

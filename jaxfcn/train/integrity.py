@@ -76,7 +76,7 @@ def _files(directory: str) -> list[str]:
 
 def write_manifest(directory: str) -> dict:
     """Write ``directory/MANIFEST_FILE`` (size and SHA-256 of every file) atomically; returns it."""
-    from jaxfcn.train.workdir import write_json_atomic
+    from jaxfcn.files import write_json_atomic
 
     files = {}
     for rel in _files(directory):

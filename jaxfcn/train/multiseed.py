@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from jaxfcn.errors import UserError
+from jaxfcn.files import write_json_atomic
 from jaxfcn.train import workdir as wd
 from jaxfcn.config_checks import check_config
 from jaxfcn.train.loop import data_seed, open_training_data, prepare_run, train_runs
@@ -156,7 +157,7 @@ def train_seeds(config, workdir: str, *, dataset=None, programs=None, progress: 
 
     if plan.primary:
         os.makedirs(workdir, exist_ok=True)
-        wd.write_json_atomic(os.path.join(workdir, MANIFEST_FILE), {
+        write_json_atomic(os.path.join(workdir, MANIFEST_FILE), {
             "seeds": seeds, "seed_data_order": t.seed_data_order,
             "workdirs": [os.path.basename(seed_workdir(workdir, n)) for n in seeds]})
         for n, c in zip(seeds, configs):

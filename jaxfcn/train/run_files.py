@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxfcn.config import architecture_of
 from jaxfcn.errors import UserError
-from jaxfcn.files import write_text_atomic
+from jaxfcn.files import write_json_atomic, write_text_atomic
 from jaxfcn.partition import transfer_differences
 from jaxfcn.train import curves
 from jaxfcn.train import workdir as wd
@@ -235,7 +235,7 @@ class RunFiles:
             **(extra or {}),
         }
         if self.primary:
-            wd.write_json_atomic(self.summary_path, summary)
+            write_json_atomic(self.summary_path, summary)
         return summary
 
     def close(self) -> None:

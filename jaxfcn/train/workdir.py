@@ -27,7 +27,7 @@ import ml_collections
 
 from jaxfcn.config import base_config, config_to_json
 from jaxfcn.errors import UserError
-from jaxfcn.files import write_text_atomic
+from jaxfcn.files import write_json_atomic, write_text_atomic
 from jaxfcn.train.lock import LOCK_FILE
 
 CONFIG_FILE = "config.json"
@@ -35,10 +35,6 @@ DATASET_INFO_FILE = "dataset_info.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 EVAL_SUMMARY_FILE = "summary.json"
-
-
-def write_json_atomic(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
 
 
 def entries(directory: str) -> list[str]:
