@@ -1,6 +1,6 @@
 """Process-wide JAX settings of the ``jaxfcn`` command (and the test suite): a persistent compilation cache,
-host memory that XLA:CPU reuses from one run of a program to the next, and XLA compiler options filtered to
-those the installed XLA accepts.
+host memory that XLA:CPU reuses from one run of a program to the next (with :func:`on_device`, which keeps
+programs on the calling thread), and XLA compiler options filtered to those the installed XLA accepts.
 
 A study compiles the same few programs again and again (every condition of a grid trains the same
 architecture; only the data, the seed and the initial values change), and each compilation costs seconds
@@ -94,6 +94,30 @@ def keep_host_memory() -> bool:
         sys.meta_path.insert(0, _AfterImport("jax", _synchronous_cpu_dispatch))
     libc = ctypes.CDLL(None)
     return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def on_device(tree, device=None):
+    """``tree``'s arrays (host or device) as device arrays: on ``device`` if given, else on JAX's default
+    device, uncommitted (a jitted program may still move them to its own devices, as it would a NumPy
+    array). On a CPU, copied before it returns.
+
+    Why wait on a CPU: XLA:CPU copies a host array over 100 KiB in a background thread. A program dispatched
+    while one of its inputs is still being copied does not run on the calling thread: it runs when the copy
+    ends, on one of XLA's pool threads. glibc serves those threads from their own arenas, whose heaps hold
+    at most 64 MiB, so a larger temporary buffer (262 MB for the 64³ train step of ``tissue_3d``) is mapped
+    fresh for that run and faults page by page, whatever :func:`keep_host_memory` set. And every program
+    dispatched while it runs queues behind it on the pool too, until Python next waits for a result: the
+    rest of a volume's sliding window, or every step up to the next log flush. Waiting costs nothing the
+    program would not have waited for (its input), and keeps each program on the calling thread
+    (``benchmarks/README.md``, "Inputs still being copied"). On other backends the copy is not waited for:
+    the program's stream orders it, and the host stays free to queue more work.
+    """
+    import jax
+
+    placed = jax.device_put(tree, device)
+    if (device.platform if device is not None else jax.default_backend()) == "cpu":
+        jax.block_until_ready(placed)
+    return placed
 
 
 def _synchronous_cpu_dispatch() -> None:

@@ -36,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxfcn.runtime import on_device
+
 CONVENTIONS = ("images", "positions")
 # Where the "positions" convention may sample: anywhere, or only where the input image is nonzero in some
 # channel. Preprocessing z-scores MRI over its nonzero voxels and leaves the rest exactly 0, so "nonzero"
@@ -127,7 +129,8 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
     n = len(images)
     if n == 0:
         raise ValueError("no probe images")
-    variables = {k: v for k, v in variables.items() if k == "params" or v}  # drop empty collections
+    # empty collections dropped; copied to the device once, not at every batch
+    variables = on_device({k: v for k, v in variables.items() if k == "params" or v})
     spatial_in = images.shape[1:-1]
 
     def forward(v, x):
@@ -171,7 +174,7 @@ def extract_features(model, variables, images, layers: Sequence[str] | None = No
         if pad:  # repeat the last image so the batch shape (and the compiled program) stays the same
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             coords = np.concatenate([coords, np.repeat(coords[-1:], pad, axis=0)])
-        out = select(variables, x, coords)
+        out = select(variables, *on_device((x, coords)))
         for name in layers:
             pieces[name].append(np.asarray(out[name])[:stop - start])
     result = {}

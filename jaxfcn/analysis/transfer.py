@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from jaxfcn.partition import PARTS
+from jaxfcn.runtime import on_device
 
 INPUT_LAYER = "input"  # the probe on raw image intensities (the probe's null reference)
 
@@ -89,11 +90,11 @@ def activation_statistics(model, variables, images, batch_size: int = 8) -> dict
     """
     import jax
 
-    variables = {k: v for k, v in variables.items() if k == "params" or v}
+    variables = on_device({k: v for k, v in variables.items() if k == "params" or v})  # copied once
     batch_sums = _activation_sums(model)
     total = None
     for x, mask in _padded_batches(np.asarray(images, np.float32), batch_size):
-        sums = jax.device_get(batch_sums(variables, x, mask))
+        sums = jax.device_get(batch_sums(variables, *on_device((x, mask))))
         if total is None:
             total = sums
         else:
@@ -159,9 +160,11 @@ def loss_and_gradient_norms(model, params, batches: Iterable[dict], train_config
     import jax
 
     grad_fn = _loss_and_gradient(model, train_config.loss, float(train_config.dice_weight), float(train_config.ce_weight))
+    params = on_device(params)  # copied once, not at every batch
     losses, grads = [], []
     for batch in batches:
-        loss, grad = grad_fn(params, np.asarray(batch["image"], np.float32), np.asarray(batch["label"], np.int32))
+        loss, grad = grad_fn(params, *on_device((np.asarray(batch["image"], np.float32),
+                                                 np.asarray(batch["label"], np.int32))))
         losses.append(float(loss))
         grads.append(part_norms(jax.device_get(grad)))
     if not losses:
@@ -224,9 +227,9 @@ def _layer_on_input_grid(model, variables, images, layer: str, batch_size: int) 
     if layer not in layer_names(model.depth):
         raise ValueError(f"unknown layer '{layer}' (this model has: {', '.join(layer_names(model.depth))}, "
                          f"or '{INPUT_LAYER}')")
-    variables = {k: v for k, v in variables.items() if k == "params" or v}
+    variables = on_device({k: v for k, v in variables.items() if k == "params" or v})  # copied once
     forward = _layer_forward(model, layer, tuple(images.shape[1:-1]))
-    pieces = [np.asarray(forward(variables, x))[:int(m.sum())] for x, m in _padded_batches(images, batch_size)]
+    pieces = [np.asarray(forward(variables, on_device(x)))[:int(m.sum())] for x, m in _padded_batches(images, batch_size)]
     return np.concatenate(pieces)
 
 

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxfcn.errors import UserError
+from jaxfcn.runtime import on_device
 
 DEFAULT_OVERLAP = 0.5
 
@@ -54,12 +55,13 @@ def _probabilities(model, variables, x):
 def _batched(probabilities_fn, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     """Run ``inputs`` (N, ...) in fixed-size batches (the last one padded by repetition; one compile)."""
     outputs = []
+    variables = on_device(variables)  # copied once, not at every call (a no-op for device arrays)
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
         n = len(chunk)
         if n < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        outputs.append(np.asarray(probabilities_fn(variables, chunk))[:n])
+        outputs.append(np.asarray(probabilities_fn(variables, on_device(chunk)))[:n])
     return np.concatenate(outputs)
 
 
@@ -114,7 +116,11 @@ def predict_sliding_window(probabilities_fn, variables, image: np.ndarray, patch
     patch = tuple(int(p) for p in patch)
     spatial = image.shape[:3]
     padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch))
-    padded = jnp.asarray(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
+    # the variables, the volume and the weights are copied before the first window is cut out: a program
+    # dispatched while an input is still being copied would run on XLA:CPU's pool threads, and so would the
+    # whole volume's programs queued behind it (jaxfcn.runtime.on_device)
+    variables = on_device(variables)
+    padded = on_device(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
     starts = np.array([(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
                        for b in window_starts(padded_shape[1], patch[1], overlap)
                        for c in window_starts(padded_shape[2], patch[2], overlap)], np.int32)
@@ -122,7 +128,7 @@ def predict_sliding_window(probabilities_fn, variables, image: np.ndarray, patch
     batches = -(-count // batch_size)
     starts = np.concatenate([starts, np.repeat(starts[-1:], batches * batch_size - count, axis=0)])
     live = (np.arange(len(starts)) < count).astype(np.float32)
-    weight = jnp.asarray(gaussian_importance(patch))
+    weight = on_device(gaussian_importance(patch))
     gather, add = _window_programs()
     total = weights = None
     for first in range(0, len(starts), batch_size):

@@ -39,6 +39,7 @@ import numpy as np
 
 from jaxfcn.config_checks import check_config, parse_snapshot_steps, resolve_config
 from jaxfcn.train import workdir as wd
+from jaxfcn.runtime import on_device
 from jaxfcn.train.prefetch import Prefetcher
 from jaxfcn.train.run_files import RunFiles, check_init_source
 
@@ -116,7 +117,7 @@ def validate(eval_step, variables, dataset, config) -> tuple[float, list[float]]
         return float("nan"), []
     total = None
     for batch in dataset.eval_batches("val", config.train.batch_size, config.train.val_batches):
-        counts = np.asarray(eval_step(variables, batch), np.int64)
+        counts = np.asarray(eval_step(variables, on_device(batch)), np.int64)
         total = counts if total is None else total + counts
     return mean_foreground_dice(total), [float(d) for d in dice_from_counts(total)[1:]]
 

@@ -43,6 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxfcn.errors import UserError
+from jaxfcn.runtime import on_device
 
 PARALLEL_MODES = ("auto", "none", "pmap", "sharding")
 MESH_AXES = ("seed", "data")
@@ -160,7 +161,7 @@ class DevicePlan:
         import jax
 
         if self.mode == "none":
-            return jax.device_put(state, self.devices[0])
+            return on_device(state, self.devices[0])
         if self.mode == "pmap":
             # One copy per device on a new leading axis; pmap moves the shards at the first call.
             return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(self.devices),) + np.shape(x)), state)
@@ -169,7 +170,9 @@ class DevicePlan:
     def place_batch(self, batch: dict) -> dict:
         """A host batch ``(B, ...)`` (or ``(K, B, ...)`` with ``seed_batches``) placed for the step."""
         if self.mode == "none":
-            return batch  # numpy: the jitted step copies it to the device (the one-device loop as it was)
+            # copied now (in the loop's prefetch thread): a step whose batch is still being copied would run
+            # on XLA:CPU's pool threads, and so would every step queued behind it (jaxfcn.runtime.on_device)
+            return on_device(batch, self.devices[0])
         if self.mode == "pmap":
             d = len(self.devices)
             axis = 1 if self.seed_batches else 0

@@ -1,0 +1,70 @@
+"""Does a train step run on XLA's pool threads (and fault in its temporary buffer) when its batch is still being
+copied to the device at dispatch? 64³ base-8 step (tissue_3d), batch 2, fresh host batch each step, three ways
+of handing it over, interleaved in blocks: jax.device_put with no wait; jax.device_put then block_until_ready;
+the numpy arrays passed to the jitted step (what `jaxfcn train` does on one device).
+Per step: wall ms and minor faults on XLA's pool threads (tf_XLA*)."""
+import glob
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import common  # noqa: E402,F401  (the process settings of every benchmark)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import train_step as ts  # noqa: E402
+
+from jaxfcn.models import build_model  # noqa: E402
+from jaxfcn.train.step import init_train_state, make_train_step  # noqa: E402
+
+
+def pool_faults():
+    total = 0
+    for task in glob.glob("/proc/self/task/*"):
+        try:
+            if open(task + "/comm").read().startswith("tf_XLA"):
+                total += int(open(task + "/stat").read().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            pass
+    return total
+
+
+def hand_over(mode, host):
+    if mode == "device_put":
+        return jax.device_put(host)
+    if mode == "device_put+wait":
+        return jax.block_until_ready(jax.device_put(host))
+    return host
+
+
+config = ts.bench_config(64, 2, 4, 8, "float32", dims=3)
+model = build_model(config.model)
+state = init_train_state(model, config, ())
+step = make_train_step(model, config, ())
+rng = np.random.default_rng(0)
+host = [{"image": rng.standard_normal((2, 64, 64, 64, 1), dtype=np.float32),
+         "label": rng.integers(0, 4, (2, 64, 64, 64)).astype(np.int32)} for _ in range(4)]
+state, metrics = step(state, jax.device_put(host[0]))
+jax.block_until_ready(metrics["loss"])
+steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+modes = ("device_put", "device_put+wait", "numpy")
+times = {m: [] for m in modes}
+faulted = {m: 0 for m in modes}
+for block in range(int(sys.argv[2]) if len(sys.argv) > 2 else 2):
+    for mode in modes:
+        rows = []
+        for i in range(steps):
+            a = pool_faults()
+            t = time.perf_counter()
+            state, metrics = step(state, hand_over(mode, host[i % 4]))
+            jax.block_until_ready(metrics["loss"])
+            t = time.perf_counter() - t
+            f = pool_faults() - a
+            times[mode].append(1e3 * t)
+            faulted[mode] += f > 10_000
+            rows.append(f"{1e3 * t:.0f}" + (f"({f})" if f > 100 else ""))
+        print(f"block {block} {mode}: ms(pool faults) " + " ".join(rows), flush=True)
+for m in modes:
+    print(f"{m:16s} median {statistics.median(times[m]):6.1f} ms, steps with >10k pool faults: "
+          f"{faulted[m]} of {len(times[m])}")

@@ -1,0 +1,58 @@
+"""Sliding-window volumes with the inputs copied before the first window (the shipped code, `waited`) and as
+before the change (`raced`: jaxfcn.train.inference's on_device replaced by a plain jax.device_put that does not
+wait), alternating, JAX only, one process. Real 1 mm volume, tissue_3d's untrained U-Net, 64³ windows, 2 per
+call. Per volume: seconds and minor page faults of XLA's pool threads (tf_XLA*) and of the whole process.
+
+The `raced` side reproduces what every volume was exposed to before: the volume's copy racing the first
+gather. Usage: python volumes.py ROUNDS"""
+import glob
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-03_more_runs"))
+from setup_1mm import config, image, variables  # noqa: E402
+import jax  # noqa: E402
+import sliding_window as sw  # noqa: E402
+
+from jaxfcn.train import inference  # noqa: E402
+
+waited_placement = inference.on_device
+
+
+def raced_placement(tree, device=None):
+    return jax.device_put(tree, device)
+
+
+def pool_faults():
+    total = 0
+    for task in glob.glob("/proc/self/task/*"):
+        try:
+            if open(task + "/comm").read().startswith("tf_XLA"):
+                total += int(open(task + "/stat").read().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            pass
+    return total
+
+
+run, _ = sw.jax_side(config, variables, image, 0.5)
+run()
+seconds = {"waited": [], "raced": []}
+slow = {"waited": 0, "raced": 0}
+for r in range(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
+    for side in ("waited", "raced") if r % 2 == 0 else ("raced", "waited"):
+        inference.on_device = waited_placement if side == "waited" else raced_placement
+        time.sleep(0.02)
+        f0, p0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, pool_faults(), time.perf_counter()
+        run()
+        t = time.perf_counter() - t0
+        pool, total = pool_faults() - p0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        seconds[side].append(t)
+        slow[side] += pool > 100_000
+        print(f"round {r} {side:6s}: {t:6.2f} s, pool-thread faults {pool:9d}, all faults {total:9d}", flush=True)
+inference.on_device = waited_placement
+for side in seconds:
+    print(f"{side:6s}: median {statistics.median(seconds[side]):.2f} s over {len(seconds[side])} volumes, "
+          f"{slow[side]} with > 100 000 pool-thread faults")
