@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import statistics
 import time
 from typing import Callable
@@ -59,23 +60,27 @@ def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 
     ``settle`` seconds after the previous one ended (untimed), so that one side's idle threads do not
     slow the next side. ``rotate`` starts round r at the r-th side (B C A, C A B, …): with many sides a
     fixed slot, e.g. right after a memory-hungry side, can bias one of them. Returns
-    ``{name: {"wall": [s…], "cpu": [s…]}}``; compare sides with ``paired.paired_ratio``. CPU time (all
-    threads of this process) is kept because on a shared machine wall time partly measures the neighbours.
+    ``{name: {"wall": [s…], "cpu": [s…], "faults": [n…]}}``; compare sides with ``paired.paired_ratio``. CPU
+    time (all threads of this process) is kept because on a shared machine wall time partly measures the
+    neighbours; minor page faults (all threads), because a slow call with a million of them is a memory
+    fault of ours, not a neighbour (``README.md``, "Inputs still being copied").
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    out = {name: {"wall": [], "cpu": []} for name in fns}
+    out = {name: {"wall": [], "cpu": [], "faults": []} for name in fns}
     names = list(fns)
     for r in range(rounds):
         shift = r % len(names) if rotate else 0
         for name in names[shift:] + names[:shift]:
             fn = fns[name]
             time.sleep(settle)
+            f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             w, c = time.perf_counter(), time.process_time()
             fn()
             out[name]["cpu"].append(time.process_time() - c)
             out[name]["wall"].append(time.perf_counter() - w)
+            out[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     return out
 
 

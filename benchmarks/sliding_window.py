@@ -247,6 +247,7 @@ def main(argv=None) -> dict:
         "seconds_per_volume": seconds,
         "cpu_seconds_per_volume": {name: statistics.median(t["cpu"]) for name, t in times.items()},
         "rounds_s": {name: [round(s, 2) for s in t["wall"]] for name, t in times.items()},
+        "rounds_minor_faults": {name: t["faults"] for name, t in times.items()},
         "by_batch": by_batch,
         "best_jax": jax_best,
         "best_torch": torch_best,
@@ -300,6 +301,8 @@ def print_table(r: dict) -> None:
     print(f"each side at its best batch: {r['best_jax']} ÷ {r['best_torch']}: {r['speedup_vs_torch']:.2f}×; "
           f"agreement: max |Δp| {r['max_abs_probability_difference']:.1e}, same label "
           f"{100 * r['label_agreement']:.3f}% of voxels")
+    for name, faults in r.get("rounds_minor_faults", {}).items():  # a slow round with ~10⁶: a fault of ours
+        print(f"{name}: s per round {' '.join(map(str, r['rounds_s'][name]))}; minor faults {' '.join(map(str, faults))}")
     if "network_call" in r:
         n = r["network_call"]
         print(f"one network call alone (batch {n['batch']}, PyTorch {n['torch_format']}): JAX {n['ms']['jax']:.1f} ms "

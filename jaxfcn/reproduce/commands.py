@@ -1,7 +1,6 @@
 """CLI: ``jaxfcn reproduce`` — run the paper's grid and write the report."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from jaxfcn.configs import BUILTIN_CONFIG_DIR as CONFIG_DIR  # shipped inside the package

@@ -2,11 +2,11 @@
 # Quick 3D training (configs/subcortical_3d.py, 60 steps, 8 subjects, whole run) before (BEFORE_TREE: a checkout
 # of fb3e52c, numpy batches handed to the step) and after (this checkout: batches copied in the prefetch thread),
 # alternating, full and frozen encoder. Whole-process wall seconds and minor faults from /usr/bin/time.
-# Usage: BEFORE_TREE=/tmp/before bash quick3d.sh ROUNDS > quick3d.log
+# Usage: BEFORE_TREE=/tmp/before [SIDES="after before"] bash quick3d.sh ROUNDS > quick3d.log
 set -u
 here=$(cd "$(dirname "$0")" && pwd); after_tree=$(cd "$here/../../.." && pwd)
 for round in $(seq 1 "${1:-2}"); do
-  for side in before after; do
+  for side in ${SIDES:-before after}; do
     tree=$after_tree; [ "$side" = before ] && tree=$BEFORE_TREE
     for regime in full frozen; do
       extra=(); [ "$regime" = frozen ] && extra=(--freeze encoder)

@@ -1,7 +1,8 @@
 """Does a train step run on XLA's pool threads (and fault in its temporary buffer) when its batch is still being
 copied to the device at dispatch? 64³ base-8 step (tissue_3d), batch 2, fresh host batch each step, three ways
-of handing it over, interleaved in blocks: jax.device_put with no wait; jax.device_put then block_until_ready;
-the numpy arrays passed to the jitted step (what `jaxfcn train` does on one device).
+of handing it over, interleaved in blocks: jax.device_put with no wait; jaxfcn.runtime.on_device (copies and
+waits: what `jaxfcn train` does since commit 52bc0f4); the numpy arrays passed to the jitted step (what it did
+before). Usage: python step_inputs.py STEPS_PER_BLOCK BLOCKS
 Per step: wall ms and minor faults on XLA's pool threads (tf_XLA*)."""
 import glob
 import os
@@ -16,6 +17,7 @@ import numpy as np  # noqa: E402
 import train_step as ts  # noqa: E402
 
 from jaxfcn.models import build_model  # noqa: E402
+from jaxfcn.runtime import on_device  # noqa: E402
 from jaxfcn.train.step import init_train_state, make_train_step  # noqa: E402
 
 
@@ -33,8 +35,8 @@ def pool_faults():
 def hand_over(mode, host):
     if mode == "device_put":
         return jax.device_put(host)
-    if mode == "device_put+wait":
-        return jax.block_until_ready(jax.device_put(host))
+    if mode == "on_device":
+        return on_device(host)
     return host
 
 
@@ -48,7 +50,7 @@ host = [{"image": rng.standard_normal((2, 64, 64, 64, 1), dtype=np.float32),
 state, metrics = step(state, jax.device_put(host[0]))
 jax.block_until_ready(metrics["loss"])
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-modes = ("device_put", "device_put+wait", "numpy")
+modes = ("device_put", "on_device", "numpy")
 times = {m: [] for m in modes}
 faulted = {m: 0 for m in modes}
 for block in range(int(sys.argv[2]) if len(sys.argv) > 2 else 2):

@@ -1,10 +1,10 @@
 """Sliding-window volumes with the inputs copied before the first window (the shipped code, `waited`) and as
-before the change (`raced`: jaxfcn.train.inference's on_device replaced by a plain jax.device_put that does not
-wait), alternating, JAX only, one process. Real 1 mm volume, tissue_3d's untrained U-Net, 64³ windows, 2 per
+before the change (`raced`: jaxfcn.train.inference's on_device replaced by what the code called before,
+jnp.asarray, which does not wait), alternating, JAX only, one process. Real 1 mm volume, tissue_3d's untrained U-Net, 64³ windows, 2 per
 call. Per volume: seconds and minor page faults of XLA's pool threads (tf_XLA*) and of the whole process.
 
-The `raced` side reproduces what every volume was exposed to before: the volume's copy racing the first
-gather. Usage: python volumes.py ROUNDS"""
+The `raced` side is the code before the change (volume_log: `jnp.asarray` there; an earlier version of this
+script used a plain `jax.device_put`, which did not show the slow mode in 10 volumes: volumes.log). Usage: python volumes.py ROUNDS"""
 import glob
 import os
 import resource
@@ -15,6 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-03_more_runs"))
 from setup_1mm import config, image, variables  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import sliding_window as sw  # noqa: E402
 
 from jaxfcn.train import inference  # noqa: E402
@@ -23,7 +24,7 @@ waited_placement = inference.on_device
 
 
 def raced_placement(tree, device=None):
-    return jax.device_put(tree, device)
+    return jax.tree.map(jnp.asarray, tree)  # a no-op for the variables, which are device arrays already
 
 
 def pool_faults():
