@@ -53,6 +53,22 @@ def test_plan_on_one_device():
         initialize_distributed("127.0.0.1:1", 2, 5)
 
 
+def test_one_device_plan_hands_the_step_batches_already_copied():
+    """A batch still being copied when the step is dispatched sends the step, and every step queued behind it,
+    to XLA:CPU's pool threads (jaxfcn.runtime.on_device): the plan copies it, and waits, before the loop
+    takes it. The arrays stay equal to the host batch."""
+    import numpy as np
+
+    plan = plan_devices("none", batch_size=2)
+    host = {"image": np.random.default_rng(0).standard_normal((2, 64, 64, 64, 1), dtype=np.float32),
+            "label": np.zeros((2, 64, 64, 64), np.int32)}
+    placed = plan.place_batch(host)
+    for key, value in placed.items():
+        assert isinstance(value, jax.Array) and value.is_ready(), key
+        assert value.devices() == {plan.devices[0]}, key
+        np.testing.assert_array_equal(np.asarray(value), host[key])
+
+
 def test_sharding_and_pmap_match_one_device(tmp_path):
     out = tmp_path / "out.json"
     done = subprocess.run([sys.executable, WORKER, "devices", str(out)], env=worker_env(8),
