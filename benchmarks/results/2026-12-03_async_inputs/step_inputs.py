@@ -4,32 +4,16 @@ of handing it over, interleaved in blocks: jax.device_put with no wait; jaxfcn.r
 waits: what `jaxfcn train` does since commit 52bc0f4); the numpy arrays passed to the jitted step (what it did
 before). Usage: python step_inputs.py STEPS_PER_BLOCK BLOCKS
 Per step: wall ms and minor faults on XLA's pool threads (tf_XLA*)."""
-import glob
 import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common  # noqa: E402,F401  (the process settings of every benchmark)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shared import pool_faults, step_64_base8  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import train_step as ts  # noqa: E402
 
-from jaxfcn.models import build_model  # noqa: E402
 from jaxfcn.runtime import on_device  # noqa: E402
-from jaxfcn.train.step import init_train_state, make_train_step  # noqa: E402
-
-
-def pool_faults():
-    total = 0
-    for task in glob.glob("/proc/self/task/*"):
-        try:
-            if open(task + "/comm").read().startswith("tf_XLA"):
-                total += int(open(task + "/stat").read().rsplit(")", 1)[1].split()[7])
-        except OSError:
-            pass
-    return total
 
 
 def hand_over(mode, host):
@@ -40,13 +24,7 @@ def hand_over(mode, host):
     return host
 
 
-config = ts.bench_config(64, 2, 4, 8, "float32", dims=3)
-model = build_model(config.model)
-state = init_train_state(model, config, ())
-step = make_train_step(model, config, ())
-rng = np.random.default_rng(0)
-host = [{"image": rng.standard_normal((2, 64, 64, 64, 1), dtype=np.float32),
-         "label": rng.integers(0, 4, (2, 64, 64, 64)).astype(np.int32)} for _ in range(4)]
+state, step, host = step_64_base8()
 state, metrics = step(state, jax.device_put(host[0]))
 jax.block_until_ready(metrics["loss"])
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10

@@ -1,11 +1,9 @@
-"""Sliding-window volumes with the inputs copied before the first window (the shipped code, `waited`) and as
-before the change (`raced`: jaxfcn.train.inference's on_device replaced by what the code called before,
-jnp.asarray, which does not wait), alternating, JAX only, one process. Real 1 mm volume, tissue_3d's untrained U-Net, 64³ windows, 2 per
-call. Per volume: seconds and minor page faults of XLA's pool threads (tf_XLA*) and of the whole process.
-
-The `raced` side is the code before the change (volume_log: `jnp.asarray` there; an earlier version of this
-script used a plain `jax.device_put`, which did not show the slow mode in 10 volumes: volumes.log). Usage: python volumes.py ROUNDS"""
-import glob
+"""Sliding-window volumes, alternating, JAX only, one process: the shipped code (`waited`: the volume and weights
+go through jaxfcn.runtime.on_device) against the code before the change (`raced`: jnp.asarray, which does not
+wait; volumes.log). Real 1 mm volume, tissue_3d's untrained U-Net, 64³ windows, 2 per call. Per volume: seconds
+and minor page faults of XLA's pool threads (tf_XLA*) and of the whole process. An earlier version of this script
+had a plain jax.device_put as its raced side, which showed no slow volume (volumes_device_put.log, and
+volumes_device_put_loaded.log with two busy-loop processes alongside). Usage: python volumes.py ROUNDS"""
 import os
 import resource
 import statistics
@@ -14,6 +12,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-03_more_runs"))
 from setup_1mm import config, image, variables  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shared import pool_faults  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import sliding_window as sw  # noqa: E402
@@ -25,17 +25,6 @@ waited_placement = inference.on_device
 
 def raced_placement(tree, device=None):
     return jax.tree.map(jnp.asarray, tree)  # a no-op for the variables, which are device arrays already
-
-
-def pool_faults():
-    total = 0
-    for task in glob.glob("/proc/self/task/*"):
-        try:
-            if open(task + "/comm").read().startswith("tf_XLA"):
-                total += int(open(task + "/stat").read().rsplit(")", 1)[1].split()[7])
-        except OSError:
-            pass
-    return total
 
 
 run, _ = sw.jax_side(config, variables, image, 0.5)

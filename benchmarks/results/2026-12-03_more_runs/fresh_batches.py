@@ -5,14 +5,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import common  # noqa: E402,F401  (the process settings of every benchmark)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-03_async_inputs"))
+from shared import step_64_base8  # noqa: E402  (the set-up, shared with the later step_inputs.py)
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import train_step as ts  # noqa: E402
-
-from jaxfcn.models import build_model  # noqa: E402
-from jaxfcn.train.step import init_train_state, make_train_step  # noqa: E402
 
 
 def faults_by_thread():
@@ -26,13 +21,7 @@ def faults_by_thread():
     return out
 
 
-config = ts.bench_config(64, 2, 4, 8, "float32", dims=3)
-model = build_model(config.model)
-state = init_train_state(model, config, ())
-step = make_train_step(model, config, ())
-rng = np.random.default_rng(0)
-host = [{"image": rng.standard_normal((2, 64, 64, 64, 1), dtype=np.float32),
-         "label": rng.integers(0, 4, (2, 64, 64, 64)).astype(np.int32)} for _ in range(4)]
+state, step, host = step_64_base8()
 same = jax.device_put(host[0])
 for mode in ("same batch", "fresh batch", "same batch", "fresh batch"):
     rows = []
