@@ -229,7 +229,8 @@ def _layer_on_input_grid(model, variables, images, layer: str, batch_size: int) 
                          f"or '{INPUT_LAYER}')")
     variables = on_device({k: v for k, v in variables.items() if k == "params" or v})  # copied once
     forward = _layer_forward(model, layer, tuple(images.shape[1:-1]))
-    pieces = [np.asarray(forward(variables, on_device(x)))[:int(m.sum())] for x, m in _padded_batches(images, batch_size)]
+    pieces = [np.asarray(forward(variables, on_device(x)))[:int(m.sum())]
+              for x, m in _padded_batches(images, batch_size)]
     return np.concatenate(pieces)
 
 

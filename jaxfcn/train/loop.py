@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from jaxfcn.config_checks import check_config, parse_snapshot_steps, resolve_config
-from jaxfcn.train import workdir as wd
 from jaxfcn.runtime import on_device
+from jaxfcn.train import workdir as wd
 from jaxfcn.train.prefetch import Prefetcher
 from jaxfcn.train.run_files import RunFiles, check_init_source
 
