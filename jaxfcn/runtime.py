@@ -103,9 +103,8 @@ def on_device(tree, device=None):
 
     Why wait on a CPU: XLA:CPU copies a host array over 100 KiB in a background thread (a NumPy array that
     is 64-byte aligned is used in place instead, so whether a copy happens varies from array to array,
-    with the address malloc returned). A program dispatched
-    while one of its inputs is still being copied does not run on the calling thread: it runs when the copy
-    ends, on one of XLA's pool threads. glibc serves those threads from their own arenas, whose heaps hold
+    with the address malloc returned). A program dispatched while one of its inputs is still being copied
+    does not run on the calling thread: it runs when the copy ends, on one of XLA's pool threads. glibc serves those threads from their own arenas, whose heaps hold
     at most 64 MiB, so a larger temporary buffer (262 MB for the 64³ train step of ``tissue_3d``) is mapped
     fresh for that run and faults page by page, whatever :func:`keep_host_memory` set. And every program
     dispatched while it runs queues behind it on the pool too, until Python next waits for a result: the
