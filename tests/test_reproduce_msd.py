@@ -16,7 +16,6 @@ target's training cases each stop the study before anything is written, in one l
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
