@@ -31,9 +31,16 @@ interval (``paired.py``). It separates the network from the loop
 around it: a whole volume is ~90 calls of one shape, so its time moves with the neighbours' load by more
 than the two sides differ.
 
+With ``--lockstep-rounds N``, N more rounds of whole volumes timed batch by batch (``lockstep``): JAX's
+:class:`jaxfcn.train.inference.WindowSums` and the PyTorch loop's batch i run back to back, each timed to
+completion, and a volume's time is the sum of its calls and its final division. The whole-volume rounds above
+put a volume (13–25 s on the EPYC VM) between the two sides, and the machine's speed can change by more than
+the sides differ in that time (``results/2026-12-04_window_runs/NOTES.md``).
+
     python benchmarks/sliding_window.py                 # 1 mm volume, 64³ windows, overlap 0.5, batch 2
     python benchmarks/sliding_window.py --quick         # 2 mm volume, 32³ windows, 3 rounds
     python benchmarks/sliding_window.py --overlap 0.25 --batch 4 --jax fast,plain
+    python benchmarks/sliding_window.py --torch channels_last --lockstep-rounds 5
 """
 from __future__ import annotations
 
@@ -41,9 +48,10 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_common_args, interleave, machine_info, write_json  # noqa: E402
+from common import SETTLE_S, add_common_args, interleave, machine_info, write_json  # noqa: E402
 from paired import format_ratio, paired_ratio  # noqa: E402
 
 
@@ -91,41 +99,122 @@ def torch_twin(config, variables, memory_format):
     return net.eval().to(memory_format=memory_format)
 
 
+class TorchWindowSums:
+    """A MONAI-style PyTorch sliding-window loop over the twin, written independently of the JAX side, one
+    batch of windows at a time (the interface of :class:`jaxfcn.train.inference.WindowSums`): stack the
+    windows, one forward, softmax, accumulate ``probs · weight`` and ``weight`` into whole-volume tensors."""
+
+    def __init__(self, net, image, patch, overlap, batch, classes, memory_format):
+        import numpy as np
+        import torch
+
+        from jaxfcn.train.inference import gaussian_importance, window_starts
+
+        self.net, self.patch, self.batch, self.format = net, tuple(patch), batch, memory_format
+        self.spatial = image.shape[:3]
+        x = torch.from_numpy(np.moveaxis(image, -1, 0).copy())  # (C, X, Y, Z)
+        shape = tuple(max(n, p) for n, p in zip(x.shape[1:], self.patch))
+        self.x = torch.nn.functional.pad(x, [v for n, s in reversed(list(zip(x.shape[1:], shape))) for v in (0, s - n)])
+        self.starts = [(a, b, c) for a in window_starts(shape[0], self.patch[0], overlap)
+                       for b in window_starts(shape[1], self.patch[1], overlap)
+                       for c in window_starts(shape[2], self.patch[2], overlap)]
+        self.batches = -(-len(self.starts) // batch)
+        self.weight = torch.from_numpy(gaussian_importance(self.patch))
+        self.total = torch.zeros((classes, *shape))
+        self.weights = torch.zeros(shape)
+
+    def add_batch(self, index):
+        import torch
+
+        p0, p1, p2 = self.patch
+        with torch.inference_mode():
+            group = self.starts[index * self.batch:(index + 1) * self.batch]
+            windows = torch.stack([self.x[:, a:a + p0, b:b + p1, c:c + p2] for a, b, c in group])
+            probs = torch.softmax(self.net(windows.contiguous(memory_format=self.format)), dim=1)
+            for (a, b, c), p in zip(group, probs):
+                box = (slice(a, a + p0), slice(b, b + p1), slice(c, c + p2))
+                self.total[(slice(None), *box)] += p * self.weight
+                self.weights[box] += self.weight
+
+    def probabilities(self):
+        import numpy as np
+
+        out = (self.total / self.weights)[:, :self.spatial[0], :self.spatial[1], :self.spatial[2]]
+        return np.moveaxis(out.numpy(), 0, -1)
+
+
 def torch_side(config, variables, image, overlap, memory_format):
-    """A MONAI-style PyTorch sliding-window loop over the twin, written independently of the JAX side."""
-    import numpy as np
-    import torch
-
-    from jaxfcn.train.inference import gaussian_importance, window_starts
-
+    """(run, holder): one whole volume through :class:`TorchWindowSums` per ``run()``."""
     net = torch_twin(config, variables, memory_format)
-    patch = tuple(config.data.patch_shape)
-    x = torch.from_numpy(np.moveaxis(image, -1, 0).copy())  # (C, X, Y, Z)
-    shape = tuple(max(n, p) for n, p in zip(x.shape[1:], patch))
-    x = torch.nn.functional.pad(x, [v for n, s in reversed(list(zip(x.shape[1:], shape))) for v in (0, s - n)])
-    starts = [(a, b, c) for a in window_starts(shape[0], patch[0], overlap)
-              for b in window_starts(shape[1], patch[1], overlap)
-              for c in window_starts(shape[2], patch[2], overlap)]
-    weight = torch.from_numpy(gaussian_importance(patch))
-    batch, classes = config.train.batch_size, config.model.num_classes
     holder = {}
 
     def run():
-        with torch.inference_mode():
-            total = torch.zeros((classes, *shape))
-            weights = torch.zeros(shape)
-            for first in range(0, len(starts), batch):
-                group = starts[first:first + batch]
-                windows = torch.stack([x[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in group])
-                probs = torch.softmax(net(windows.contiguous(memory_format=memory_format)), dim=1)
-                for (a, b, c), p in zip(group, probs):
-                    box = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
-                    total[(slice(None), *box)] += p * weight
-                    weights[box] += weight
-            out = (total / weights)[:, :image.shape[0], :image.shape[1], :image.shape[2]]
-            holder["probs"] = np.moveaxis(out.numpy(), 0, -1)
+        sums = TorchWindowSums(net, image, config.data.patch_shape, overlap, config.train.batch_size,
+                               config.model.num_classes, memory_format)
+        for index in range(sums.batches):
+            sums.add_batch(index)
+        holder["probs"] = sums.probabilities()
 
     return run, holder
+
+
+def lockstep(config, variables, image, overlap, memory_format, rounds: int) -> dict:
+    """Both sides' volumes batch by batch: per round one JAX and one PyTorch volume, their batch i run one
+    after the other (the side that goes first alternates by round), each timed to completion 20 ms after
+    the previous call ended, as ``common.interleave`` does; the final divisions are timed too. A volume's
+    time is the sum of its calls. The two sides' batch i run seconds apart, not a whole volume (13–25 s on
+    the EPYC VM) apart, so a change in the machine's speed reaches both alike. Returns per side the round
+    totals (wall, CPU) and the paired ratio PyTorch ÷ JAX over rounds."""
+    import jax
+
+    from jaxfcn.models import build_model
+    from jaxfcn.train.inference import WindowSums, make_probabilities_fn
+
+    probabilities_fn = make_probabilities_fn(build_model(config.model))
+    net = torch_twin(config, variables, memory_format)
+    patch, batch = tuple(config.data.patch_shape), config.train.batch_size
+
+    def sides():
+        jax_sums = WindowSums(probabilities_fn, variables, image, patch, overlap, batch)
+        torch_sums = TorchWindowSums(net, image, patch, overlap, batch, config.model.num_classes, memory_format)
+
+        def jax_batch(index):
+            jax_sums.add_batch(index)
+            jax.block_until_ready((jax_sums.total, jax_sums.weights))
+
+        return {"jax": (jax_sums.batches, jax_batch, jax_sums.probabilities),
+                "torch": (torch_sums.batches, torch_sums.add_batch, torch_sums.probabilities)}
+
+    def timed(fn, *args):
+        time.sleep(SETTLE_S)
+        w, c = time.perf_counter(), time.process_time()
+        fn(*args)
+        return time.perf_counter() - w, time.process_time() - c
+
+    for side in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's primitives
+        for index in range(side[0]):
+            side[1](index)
+        side[2]()
+    out = {name: {"wall": [], "cpu": []} for name in ("jax", "torch")}
+    for r in range(rounds):
+        current = sides()
+        order = ["jax", "torch"] if r % 2 == 0 else ["torch", "jax"]
+        totals = {name: [0.0, 0.0] for name in order}
+        for index in range(current["jax"][0]):
+            for name in order:
+                w, c = timed(current[name][1], index)
+                totals[name][0] += w
+                totals[name][1] += c
+        for name in order:
+            w, c = timed(current[name][2])
+            totals[name][0] += w
+            totals[name][1] += c
+            out[name]["wall"].append(totals[name][0])
+            out[name]["cpu"].append(totals[name][1])
+    return {"seconds_per_volume": {k: statistics.median(v["wall"]) for k, v in out.items()},
+            "cpu_seconds_per_volume": {k: statistics.median(v["cpu"]) for k, v in out.items()},
+            "rounds_s": {k: [round(s, 2) for s in v["wall"]] for k, v in out.items()},
+            "paired_speedup_vs_torch": paired_ratio(out["torch"]["wall"], out["jax"]["wall"])}
 
 
 def network_call_sides(config, variables, image, overlap, memory_format, calls: int):
@@ -183,6 +272,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=0, help="timed rounds (default 5; 3 with --quick)")
     parser.add_argument("--call-rounds", type=int, default=10, help="interleaved rounds of the network call alone "
                         "(5 calls each; 0 skips it)")
+    parser.add_argument("--lockstep-rounds", type=int, default=0, help="rounds of whole volumes timed batch by "
+                        "batch, the two sides' batch i back to back (JAX and the best PyTorch format; 0 skips it)")
     args = parser.parse_args(argv)
     spacing = args.spacing or (2.0 if args.quick else 1.0)
     patch = args.patch or (32 if args.quick else 64)
@@ -268,12 +359,19 @@ def main(argv=None) -> dict:
             "cpu_ms": {k: 1e3 * statistics.median(v["cpu"]) / calls for k, v in t.items()},
             "paired_speedup_vs_torch": paired_ratio(t["torch"]["wall"], t["jax"]["wall"]),
         }
+    if args.lockstep_rounds:
+        fmt = torch.channels_last_3d if "channels_last" in torch_best else torch.contiguous_format
+        result["lockstep"] = lockstep(model_config(patch, batches[0], impls[0]), variables, image, args.overlap, fmt,
+                                      args.lockstep_rounds)
+        result["lockstep"]["torch_format"] = "channels_last_3d" if fmt == torch.channels_last_3d else "nchw"
     result["headline"] = {"jax_s": seconds[jax_best], "best_torch_s": seconds[torch_best],
                           "speedup_vs_torch": result["speedup_vs_torch"],
                           "paired_vs_best_torch": format_ratio(first["paired_speedup_vs_torch"][first["best_torch"]]),
                           "label_agreement": result["label_agreement"]}
     if "network_call" in result:
         result["headline"]["network_call_speedup_vs_torch"] = result["network_call"]["paired_speedup_vs_torch"]["median"]
+    if "lockstep" in result:
+        result["headline"]["lockstep_speedup_vs_torch"] = result["lockstep"]["paired_speedup_vs_torch"]["median"]
     print_table(result)
     write_json(args.json, result)
     return result
@@ -308,6 +406,12 @@ def print_table(r: dict) -> None:
         print(f"one network call alone (batch {n['batch']}, PyTorch {n['torch_format']}): JAX {n['ms']['jax']:.1f} ms "
               f"(CPU {n['cpu_ms']['jax']:.1f}), PyTorch {n['ms']['torch']:.1f} ms (CPU {n['cpu_ms']['torch']:.1f}); "
               f"PyTorch ÷ JAX paired {format_ratio(n['paired_speedup_vs_torch'])}")
+    if "lockstep" in r:
+        n = r["lockstep"]
+        print(f"volumes batch by batch (PyTorch {n['torch_format']}): JAX {n['seconds_per_volume']['jax']:.2f} s "
+              f"(per round {' '.join(map(str, n['rounds_s']['jax']))}), PyTorch {n['seconds_per_volume']['torch']:.2f} s "
+              f"({' '.join(map(str, n['rounds_s']['torch']))}); PyTorch ÷ JAX paired "
+              f"{format_ratio(n['paired_speedup_vs_torch'])}")
 
 
 if __name__ == "__main__":

@@ -101,46 +101,68 @@ def gaussian_importance(patch: Sequence[int]) -> np.ndarray:
 
 def predict_sliding_window(probabilities_fn, variables, image: np.ndarray, patch: Sequence[int],
                            overlap: float, batch_size: int) -> np.ndarray:
-    """Softmax (X, Y, Z, K) of a 3D model by Gaussian-weighted sliding windows over ``image`` (X, Y, Z, C).
+    """Softmax (X, Y, Z, K) of a 3D model by Gaussian-weighted sliding windows over ``image`` (X, Y, Z, C)
+    (:class:`WindowSums`, one batch of windows after another)."""
+    sums = WindowSums(probabilities_fn, variables, image, patch, overlap, batch_size)
+    for index in range(sums.batches):
+        sums.add_batch(index)
+    return sums.probabilities()
+
+
+class WindowSums:
+    """The weighted sums of one volume's sliding windows, built one batch of windows at a time.
 
     The volume, the weighted sums and the summed weights stay on the device: per batch of windows, one
     jitted gather cuts the windows out, ``probabilities_fn`` runs them, and one jitted, donated update adds
-    ``probs · weight`` and ``weight`` in place. Nothing returns to the host until the division at the end,
-    so the loop is a queue of dispatches (on a GPU the host never waits for a window). The last batch is
-    padded with copies of its last window, added with weight 0. The gather and the update compile once per
-    volume shape (they are small); the network compiles once per batch shape, as before."""
-    import jax.numpy as jnp
+    ``probs · weight`` and ``weight`` in place. Nothing returns to the host until the division in
+    :meth:`probabilities`, so the loop is a queue of dispatches (on a GPU the host never waits for a window).
+    The last batch is padded with copies of its last window, added with weight 0. The gather and the update
+    compile once per volume shape (they are small); the network compiles once per batch shape. A caller
+    that times batches (``benchmarks/sliding_window.py --lockstep``) drives :meth:`add_batch` itself."""
 
-    if not 0.0 <= overlap < 1.0:
-        raise UserError(f"--overlap {overlap}: must be in [0, 1)")
-    patch = tuple(int(p) for p in patch)
-    spatial = image.shape[:3]
-    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch))
-    # the variables, the volume and the weights are copied before the first window is cut out: a program
-    # dispatched while an input is still being copied would run on XLA:CPU's pool threads, and so would the
-    # whole volume's programs queued behind it (jaxfcn.runtime.on_device)
-    variables = on_device(variables)
-    padded = on_device(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
-    starts = np.array([(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
-                       for b in window_starts(padded_shape[1], patch[1], overlap)
-                       for c in window_starts(padded_shape[2], patch[2], overlap)], np.int32)
-    count = len(starts)
-    batches = -(-count // batch_size)
-    starts = np.concatenate([starts, np.repeat(starts[-1:], batches * batch_size - count, axis=0)])
-    live = (np.arange(len(starts)) < count).astype(np.float32)
-    weight = on_device(gaussian_importance(patch))
-    gather, add = _window_programs()
-    total = weights = None
-    for first in range(0, len(starts), batch_size):
-        batch_starts = jnp.asarray(starts[first:first + batch_size])
-        probs = probabilities_fn(variables, gather(padded, batch_starts, patch))
-        if total is None:
-            total = jnp.zeros(padded_shape + (probs.shape[-1],), jnp.float32)
-            weights = jnp.zeros(padded_shape, jnp.float32)
-        total, weights = add(total, weights, jnp.asarray(probs), batch_starts,
-                             jnp.asarray(live[first:first + batch_size]), weight)
-    out = np.asarray(total / weights[..., None])
-    return out[: spatial[0], : spatial[1], : spatial[2]]
+    def __init__(self, probabilities_fn, variables, image: np.ndarray, patch: Sequence[int], overlap: float,
+                 batch_size: int):
+        if not 0.0 <= overlap < 1.0:
+            raise UserError(f"--overlap {overlap}: must be in [0, 1)")
+        self._probabilities_fn, self._batch_size = probabilities_fn, batch_size
+        self._patch = tuple(int(p) for p in patch)
+        self._spatial = image.shape[:3]
+        self._padded_shape = tuple(max(n, p) for n, p in zip(self._spatial, self._patch))
+        # the variables, the volume and the weights are copied before the first window is cut out: a program
+        # dispatched while an input is still being copied would run on XLA:CPU's pool threads, and so would
+        # the whole volume's programs queued behind it (jaxfcn.runtime.on_device)
+        self._variables = on_device(variables)
+        self._volume = on_device(np.pad(image, [(0, s - n) for s, n in zip(self._padded_shape, self._spatial)]
+                                        + [(0, 0)]))
+        starts = np.array([(a, b, c) for a in window_starts(self._padded_shape[0], self._patch[0], overlap)
+                           for b in window_starts(self._padded_shape[1], self._patch[1], overlap)
+                           for c in window_starts(self._padded_shape[2], self._patch[2], overlap)], np.int32)
+        count = len(starts)
+        self.batches = -(-count // batch_size)
+        self._starts = np.concatenate([starts, np.repeat(starts[-1:], self.batches * batch_size - count, axis=0)])
+        self._live = (np.arange(len(self._starts)) < count).astype(np.float32)
+        self._weight = on_device(gaussian_importance(self._patch))
+        self.total = self.weights = None
+
+    def add_batch(self, index: int) -> None:
+        """Run batch ``index`` of windows and add it to :attr:`total` and :attr:`weights` (dispatched, not
+        waited for)."""
+        import jax.numpy as jnp
+
+        gather, add = _window_programs()
+        rows = slice(index * self._batch_size, (index + 1) * self._batch_size)
+        batch_starts = jnp.asarray(self._starts[rows])
+        probs = self._probabilities_fn(self._variables, gather(self._volume, batch_starts, self._patch))
+        if self.total is None:
+            self.total = jnp.zeros(self._padded_shape + (probs.shape[-1],), jnp.float32)
+            self.weights = jnp.zeros(self._padded_shape, jnp.float32)
+        self.total, self.weights = add(self.total, self.weights, jnp.asarray(probs), batch_starts,
+                                       jnp.asarray(self._live[rows]), self._weight)
+
+    def probabilities(self) -> np.ndarray:
+        """Softmax (X, Y, Z, K): the weighted sums divided by the summed weights, the padding cropped off."""
+        out = np.asarray(self.total / self.weights[..., None])
+        return out[: self._spatial[0], : self._spatial[1], : self._spatial[2]]
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 # The 1 mm sliding window against PyTorch's channels_last loop after on_device (commit 52bc0f4), with the
 # options of ../2026-12-03_more_runs/run.sh, so that across_runs.py can put them beside the runs before.
 # Run from the repository root on a quiet machine: bash benchmarks/results/2026-12-03_async_inputs/run.sh [FIRST LAST]
-# (runs 1-3 at 23:05-23:19 UTC, 4-5 right after; runs 6- on 2026-12-04 with D=benchmarks/results/2026-12-04_fused_window)
+# (runs 1-3 at 23:05-23:19 UTC, 4-5 right after; runs 6- on 2026-12-04 with D=benchmarks/results/2026-12-04_window_runs)
 set -u
 D=${D:-benchmarks/results/2026-12-03_async_inputs}
 PY=${PY:-.venv/bin/python}

@@ -1,0 +1,96 @@
+"""Experiment: the sliding window's per-batch loop (three programs: gather, network, add) against one fused
+program per batch (gather + network + softmax + weighted add, sums donated). JAX only, 1 mm volume, 64³
+windows, batch 2, interleaved rounds after a warm-up; prints wall/CPU/faults per side and the paired ratio."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from common import interleave  # noqa: E402
+from paired import format_ratio, paired_ratio  # noqa: E402
+from sliding_window import model_config, volume  # noqa: E402
+
+
+def fused_predict(model, variables, image, patch, overlap, batch_size):
+    import jax.numpy as jnp
+
+    from jaxfcn.runtime import on_device
+    from jaxfcn.train.inference import gaussian_importance, window_starts
+
+    patch = tuple(patch)
+    spatial = image.shape[:3]
+    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch))
+    variables = on_device(variables)
+    padded = on_device(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
+    starts = np.array([(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
+                       for b in window_starts(padded_shape[1], patch[1], overlap)
+                       for c in window_starts(padded_shape[2], patch[2], overlap)], np.int32)
+    count = len(starts)
+    batches = -(-count // batch_size)
+    starts = np.concatenate([starts, np.repeat(starts[-1:], batches * batch_size - count, axis=0)])
+    live = (np.arange(len(starts)) < count).astype(np.float32)
+    weight = on_device(gaussian_importance(patch))
+    total = jnp.zeros(padded_shape + (model.num_classes,), jnp.float32)
+    weights = jnp.zeros(padded_shape, jnp.float32)
+    step = _fused(model, patch)
+    for first in range(0, len(starts), batch_size):
+        total, weights = step(variables, padded, total, weights, jnp.asarray(starts[first:first + batch_size]),
+                              jnp.asarray(live[first:first + batch_size]), weight)
+    out = np.asarray(total / weights[..., None])
+    return out[: spatial[0], : spatial[1], : spatial[2]]
+
+
+@functools.cache
+def _fused(model, patch):
+    import jax
+
+    from jaxfcn.models.layers import compiler_options
+    from jaxfcn.train.inference import _add_windows, _gather_windows
+
+    def step(variables, padded, total, weights, starts, live, weight):
+        windows = _gather_windows(padded, starts, patch)
+        probs = jax.nn.softmax(model.apply(variables, windows, train=False), axis=-1)
+        return _add_windows(total, weights, probs, starts, live, weight)
+
+    return jax.jit(step, donate_argnums=(2, 3), compiler_options=compiler_options())
+
+
+def main():
+    import jax
+
+    from jaxfcn.models import build_model
+    from jaxfcn.train.inference import make_probabilities_fn, predict_sliding_window
+
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    config = model_config(64, 2, "fast")
+    image = volume(1.0)
+    model = build_model(config.model)
+    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False)
+    probabilities_fn = make_probabilities_fn(model)
+    held = {}
+
+    def loop():
+        held["loop"] = predict_sliding_window(probabilities_fn, variables, image, (64,) * 3, 0.5, 2)
+
+    def fused():
+        held["fused"] = fused_predict(model, variables, image, (64,) * 3, 0.5, 2)
+
+    import time
+    t = time.perf_counter(); fused(); print(f"fused first call (compile + run) {time.perf_counter() - t:.2f} s", flush=True)
+    t = time.perf_counter(); loop(); print(f"loop first call (compile + run) {time.perf_counter() - t:.2f} s", flush=True)
+    print("max |Δp|", float(np.abs(held["loop"] - held["fused"]).max()), flush=True)
+    out = interleave({"loop": loop, "fused": fused}, rounds, warmup=0, rotate=True)
+    for r in range(rounds):
+        print(f"round {r}: loop {out['loop']['wall'][r]:.2f} s ({out['loop']['faults'][r]} faults), "
+              f"fused {out['fused']['wall'][r]:.2f} s ({out['fused']['faults'][r]} faults)", flush=True)
+    print("loop ÷ fused (paired):", format_ratio(paired_ratio(out["loop"]["wall"], out["fused"]["wall"])))
+    print("loop ÷ fused CPU (paired):", format_ratio(paired_ratio(out["loop"]["cpu"], out["fused"]["cpu"])))
+
+
+if __name__ == "__main__":
+    main()
