@@ -5,7 +5,7 @@ shared VM can differ by more than that: two 1 mm sliding-window runs 12 minutes 
 and 1.12 [0.98, 1.16] (``results/2026-12-03_intervals/``). A goal is judged on runs, so this script takes
 the result JSONs of ``train_step.py`` and ``sliding_window.py`` runs, groups them by setting, and prints each
 run's ratio (JAX median ÷ best PyTorch median, the run's ``speedup_vs_torch``; the sliding window at each
-batch) and, per setting, their median with the sign-test interval over runs (``paired.paired_ratio``).
+batch, and, for runs with ``--lockstep-rounds``, the paired median of its volumes timed batch by batch) and, per setting, their median with the sign-test interval over runs (``paired.paired_ratio``).
 
     python benchmarks/across_runs.py benchmarks/results/2026-12-03_{host_memory,settle,intervals}/*.json
     python benchmarks/across_runs.py --json out.json results/*/ts3d_64_base8*.json
@@ -49,7 +49,11 @@ def run_ratios(result: dict) -> dict[str, float]:
                 if result[regime].get("speedup_vs_torch")}
     name = (f"sliding window {c['spacing_mm']:g} mm, {c['patch']}³ windows, overlap {c['overlap']:g}, "
             f"base {c['base_width']}{jax_variant(c)}")
-    return {f"{name}, batch {batch}": row["speedup_vs_torch"] for batch, row in result["by_batch"].items()}
+    ratios = {f"{name}, batch {batch}": row["speedup_vs_torch"] for batch, row in result["by_batch"].items()}
+    if "lockstep" in result:  # the same volumes timed batch by batch: a setting of its own
+        ratios[f"{name}, batch {c['batches'][0]}, batch by batch"] = \
+            result["lockstep"]["paired_speedup_vs_torch"]["median"]
+    return ratios
 
 
 def collect(paths: list[str]) -> tuple[dict[str, list[tuple[str, float]]], list[str]]:

@@ -85,3 +85,15 @@ def test_across_runs_reads_committed_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped (not a train_step or sliding_window result)" in out and "conv3d_parts.json" in out
     assert json.loads((tmp_path / "summary.json").read_text()).keys() == summary.keys()
+
+
+def test_across_runs_counts_volumes_timed_batch_by_batch_as_their_own_setting():
+    """A sliding-window run with --lockstep-rounds gives two ratios: whole volumes, and batch by batch."""
+    from across_runs import run_ratios
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-12-04_window_runs"
+    result = json.loads((results / "lockstep_1mm_1.json").read_text())
+    ratios = run_ratios(result)
+    name = "sliding window 1 mm, 64³ windows, overlap 0.5, base 8, batch 2"
+    assert ratios == {name: result["speedup_vs_torch"],
+                      f"{name}, batch by batch": result["lockstep"]["paired_speedup_vs_torch"]["median"]}
