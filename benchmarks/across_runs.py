@@ -5,7 +5,8 @@ shared VM can differ by more than that: two 1 mm sliding-window runs 12 minutes 
 and 1.12 [0.98, 1.16] (``results/2026-12-03_intervals/``). A goal is judged on runs, so this script takes
 the result JSONs of ``train_step.py`` and ``sliding_window.py`` runs, groups them by setting, and prints each
 run's ratio (JAX median ÷ best PyTorch median, the run's ``speedup_vs_torch``; the sliding window at each
-batch, and, for runs with ``--lockstep-rounds``, the paired median of its volumes timed batch by batch) and, per setting, their median with the sign-test interval over runs (``paired.paired_ratio``).
+batch, and, for runs with ``--lockstep-rounds``, the paired median of its volumes timed batch by batch)
+and, per setting, their median with the sign-test interval over runs (``paired.paired_ratio``).
 
     python benchmarks/across_runs.py benchmarks/results/2026-12-03_{host_memory,settle,intervals}/*.json
     python benchmarks/across_runs.py --json out.json results/*/ts3d_64_base8*.json
@@ -50,8 +51,10 @@ def run_ratios(result: dict) -> dict[str, float]:
     name = (f"sliding window {c['spacing_mm']:g} mm, {c['patch']}³ windows, overlap {c['overlap']:g}, "
             f"base {c['base_width']}{jax_variant(c)}")
     ratios = {f"{name}, batch {batch}": row["speedup_vs_torch"] for batch, row in result["by_batch"].items()}
-    if "lockstep" in result:  # the same volumes timed batch by batch: a setting of its own
-        ratios[f"{name}, batch {c['batches'][0]}, batch by batch"] = \
+    if "lockstep" in result:  # the same volumes timed batch by batch: a setting of its own, per block size
+        block = result["lockstep"].get("block", 1)
+        blocks = f", {block} batches per block" if block != 1 else ""
+        ratios[f"{name}, batch {c['batches'][0]}, batch by batch{blocks}"] = \
             result["lockstep"]["paired_speedup_vs_torch"]["median"]
     return ratios
 

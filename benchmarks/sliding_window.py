@@ -32,15 +32,16 @@ around it: a whole volume is ~90 calls of one shape, so its time moves with the 
 than the two sides differ.
 
 With ``--lockstep-rounds N``, N more rounds of whole volumes timed batch by batch (``lockstep``): JAX's
-:class:`jaxfcn.train.inference.WindowSums` and the PyTorch loop's batch i run back to back, each timed to
-completion, and a volume's time is the sum of its calls and its final division. The whole-volume rounds above
+:class:`jaxfcn.train.inference.WindowSums` and the PyTorch loop's batch i (or block of ``--lockstep-block``
+batches) run back to back, each timed to completion, and a volume's time is the sum of its blocks and its
+final division. The whole-volume rounds above
 put a volume (13–25 s on the EPYC VM) between the two sides, and the machine's speed can change by more than
 the sides differ in that time (``results/2026-12-04_window_runs/NOTES.md``).
 
     python benchmarks/sliding_window.py                 # 1 mm volume, 64³ windows, overlap 0.5, batch 2
     python benchmarks/sliding_window.py --quick         # 2 mm volume, 32³ windows, 3 rounds
     python benchmarks/sliding_window.py --overlap 0.25 --batch 4 --jax fast,plain
-    python benchmarks/sliding_window.py --torch channels_last --lockstep-rounds 5
+    python benchmarks/sliding_window.py --torch channels_last --lockstep-rounds 5 --lockstep-block 10
 """
 from __future__ import annotations
 
@@ -158,13 +159,16 @@ def torch_side(config, variables, image, overlap, memory_format):
     return run, holder
 
 
-def lockstep(config, variables, image, overlap, memory_format, rounds: int) -> dict:
-    """Both sides' volumes batch by batch: per round one JAX and one PyTorch volume, their batch i run one
-    after the other (the side that goes first alternates by round), each timed to completion 20 ms after
-    the previous call ended, as ``common.interleave`` does; the final divisions are timed too. A volume's
-    time is the sum of its calls. The two sides' batch i run seconds apart, not a whole volume (13–25 s on
-    the EPYC VM) apart, so a change in the machine's speed reaches both alike. Returns per side the round
-    totals (wall, CPU) and the paired ratio PyTorch ÷ JAX over rounds."""
+def lockstep(config, variables, image, overlap, memory_format, rounds: int, block: int = 1) -> dict:
+    """Both sides' volumes batch by batch: per round one JAX and one PyTorch volume, run in blocks of
+    ``block`` batches, the two sides' block j one after the other (the side that goes first alternates by
+    round). Each block is timed to completion 20 ms after the previous one ended, as ``common.interleave``
+    does; the final divisions are timed too. A volume's time is the sum of its blocks. The two sides' block j
+    run seconds apart, not a whole volume (13–25 s on the EPYC VM) apart, so a change in the machine's speed
+    reaches both alike. Within a block a side's batches follow each other as in its own loop (caches, and
+    PyTorch's spinning OpenMP workers, as they would be); ``block`` 1 puts the other side and a pause between
+    every two batches of one side. Returns per side the round totals (wall, CPU) and the paired ratio
+    PyTorch ÷ JAX over rounds."""
     import jax
 
     from jaxfcn.models import build_model
@@ -178,12 +182,17 @@ def lockstep(config, variables, image, overlap, memory_format, rounds: int) -> d
         jax_sums = WindowSums(probabilities_fn, variables, image, patch, overlap, batch)
         torch_sums = TorchWindowSums(net, image, patch, overlap, batch, config.model.num_classes, memory_format)
 
-        def jax_batch(index):
-            jax_sums.add_batch(index)
+        def jax_batches(indices):
+            for index in indices:
+                jax_sums.add_batch(index)
             jax.block_until_ready((jax_sums.total, jax_sums.weights))
 
-        return {"jax": (jax_sums.batches, jax_batch, jax_sums.probabilities),
-                "torch": (torch_sums.batches, torch_sums.add_batch, torch_sums.probabilities)}
+        def torch_batches(indices):
+            for index in indices:
+                torch_sums.add_batch(index)
+
+        return {"jax": (jax_sums.batches, jax_batches, jax_sums.probabilities),
+                "torch": (torch_sums.batches, torch_batches, torch_sums.probabilities)}
 
     def timed(fn, *args):
         time.sleep(SETTLE_S)
@@ -191,18 +200,18 @@ def lockstep(config, variables, image, overlap, memory_format, rounds: int) -> d
         fn(*args)
         return time.perf_counter() - w, time.process_time() - c
 
-    for side in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's primitives
-        for index in range(side[0]):
-            side[1](index)
-        side[2]()
+    for count, run_batches, divide in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's
+        run_batches(range(count))
+        divide()
     out = {name: {"wall": [], "cpu": []} for name in ("jax", "torch")}
     for r in range(rounds):
         current = sides()
         order = ["jax", "torch"] if r % 2 == 0 else ["torch", "jax"]
         totals = {name: [0.0, 0.0] for name in order}
-        for index in range(current["jax"][0]):
+        count = current["jax"][0]
+        for first in range(0, count, block):
             for name in order:
-                w, c = timed(current[name][1], index)
+                w, c = timed(current[name][1], range(first, min(first + block, count)))
                 totals[name][0] += w
                 totals[name][1] += c
         for name in order:
@@ -274,6 +283,8 @@ def main(argv=None) -> dict:
                         "(5 calls each; 0 skips it)")
     parser.add_argument("--lockstep-rounds", type=int, default=0, help="rounds of whole volumes timed batch by "
                         "batch, the two sides' batch i back to back (JAX and the best PyTorch format; 0 skips it)")
+    parser.add_argument("--lockstep-block", type=int, default=1, help="batches per timed block in those rounds "
+                        "(default 1)")
     args = parser.parse_args(argv)
     spacing = args.spacing or (2.0 if args.quick else 1.0)
     patch = args.patch or (32 if args.quick else 64)
@@ -362,8 +373,9 @@ def main(argv=None) -> dict:
     if args.lockstep_rounds:
         fmt = torch.channels_last_3d if "channels_last" in torch_best else torch.contiguous_format
         result["lockstep"] = lockstep(model_config(patch, batches[0], impls[0]), variables, image, args.overlap, fmt,
-                                      args.lockstep_rounds)
+                                      args.lockstep_rounds, args.lockstep_block)
         result["lockstep"]["torch_format"] = "channels_last_3d" if fmt == torch.channels_last_3d else "nchw"
+        result["lockstep"]["block"] = args.lockstep_block
     result["headline"] = {"jax_s": seconds[jax_best], "best_torch_s": seconds[torch_best],
                           "speedup_vs_torch": result["speedup_vs_torch"],
                           "paired_vs_best_torch": format_ratio(first["paired_speedup_vs_torch"][first["best_torch"]]),
@@ -408,9 +420,10 @@ def print_table(r: dict) -> None:
               f"PyTorch ÷ JAX paired {format_ratio(n['paired_speedup_vs_torch'])}")
     if "lockstep" in r:
         n = r["lockstep"]
-        print(f"volumes batch by batch (PyTorch {n['torch_format']}): JAX {n['seconds_per_volume']['jax']:.2f} s "
-              f"(per round {' '.join(map(str, n['rounds_s']['jax']))}), PyTorch {n['seconds_per_volume']['torch']:.2f} s "
-              f"({' '.join(map(str, n['rounds_s']['torch']))}); PyTorch ÷ JAX paired "
+        seconds, rounds = n["seconds_per_volume"], {k: " ".join(map(str, v)) for k, v in n["rounds_s"].items()}
+        print(f"volumes batch by batch, {n.get('block', 1)} per timed block (PyTorch {n['torch_format']}): "
+              f"JAX {seconds['jax']:.2f} s (per round "
+              f"{rounds['jax']}), PyTorch {seconds['torch']:.2f} s ({rounds['torch']}); PyTorch ÷ JAX paired "
               f"{format_ratio(n['paired_speedup_vs_torch'])}")
 
 

@@ -12,34 +12,19 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, HERE)
+from shared import setup  # noqa: E402
 from paired import format_ratio, paired_ratio  # noqa: E402
-from sliding_window import model_config, torch_twin, volume  # noqa: E402
 
 
 def main():
     import jax
     import torch
 
-    from jaxfcn.models import build_model
-    from jaxfcn.runtime import on_device
-    from jaxfcn.train.inference import make_probabilities_fn, window_starts
-
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    config = model_config(64, 2, "fast")
-    image = volume(1.0)
-    model = build_model(config.model)
-    variables = on_device(model.init(jax.random.key(0), np.zeros((1, 64, 64, 64, 1), np.float32), train=False))
-    fmt = torch.channels_last_3d
-    starts = [(a, b, c) for a in window_starts(image.shape[0], 64, 0.5)
-              for b in window_starts(image.shape[1], 64, 0.5) for c in window_starts(image.shape[2], 64, 0.5)]
-    batches = [np.stack([image[a:a + 64, b:b + 64, c:c + 64] for a, b, c in starts[f:f + 2]])
-               for f in range(0, len(starts), 2)]
-    probabilities_fn = make_probabilities_fn(model)
-    x_jax = [on_device(x) for x in batches]
-    net = torch_twin(config, variables, fmt)
-    x_torch = [torch.from_numpy(np.moveaxis(x, -1, 1).copy()).contiguous(memory_format=fmt) for x in batches]
+    e = setup()
+    variables, batches, probabilities_fn, x_jax, net, x_torch = (
+        e.variables, e.batches, e.probabilities_fn, e.x_jax, e.net, e.x_torch)
 
     def jax_call(i):
         jax.block_until_ready(probabilities_fn(variables, x_jax[i]))
