@@ -17,32 +17,25 @@ from sliding_window import model_config, volume  # noqa: E402
 
 
 def fused_predict(model, variables, image, patch, overlap, batch_size):
+    """The shipped ``WindowSums`` set-up and division, with each batch as one fused program."""
     import jax.numpy as jnp
 
-    from jaxfcn.runtime import on_device
-    from jaxfcn.train.inference import gaussian_importance, window_starts
+    from jaxfcn.train.inference import WindowSums
 
-    patch = tuple(patch)
-    spatial = image.shape[:3]
-    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch))
-    variables = on_device(variables)
-    padded = on_device(np.pad(image, [(0, s - n) for s, n in zip(padded_shape, spatial)] + [(0, 0)]))
-    starts = np.array([(a, b, c) for a in window_starts(padded_shape[0], patch[0], overlap)
-                       for b in window_starts(padded_shape[1], patch[1], overlap)
-                       for c in window_starts(padded_shape[2], patch[2], overlap)], np.int32)
-    count = len(starts)
-    batches = -(-count // batch_size)
-    starts = np.concatenate([starts, np.repeat(starts[-1:], batches * batch_size - count, axis=0)])
-    live = (np.arange(len(starts)) < count).astype(np.float32)
-    weight = on_device(gaussian_importance(patch))
-    total = jnp.zeros(padded_shape + (model.num_classes,), jnp.float32)
-    weights = jnp.zeros(padded_shape, jnp.float32)
-    step = _fused(model, patch)
-    for first in range(0, len(starts), batch_size):
-        total, weights = step(variables, padded, total, weights, jnp.asarray(starts[first:first + batch_size]),
-                              jnp.asarray(live[first:first + batch_size]), weight)
-    out = np.asarray(total / weights[..., None])
-    return out[: spatial[0], : spatial[1], : spatial[2]]
+    class FusedWindowSums(WindowSums):
+        def add_batch(self, index):
+            if self.total is None:
+                self.total = jnp.zeros(self._padded_shape + (model.num_classes,), jnp.float32)
+                self.weights = jnp.zeros(self._padded_shape, jnp.float32)
+            rows = slice(index * self._batch_size, (index + 1) * self._batch_size)
+            self.total, self.weights = _fused(model, self._patch)(
+                self._variables, self._volume, self.total, self.weights, jnp.asarray(self._starts[rows]),
+                jnp.asarray(self._live[rows]), self._weight)
+
+    sums = FusedWindowSums(None, variables, image, patch, overlap, batch_size)
+    for index in range(sums.batches):
+        sums.add_batch(index)
+    return sums.probabilities()
 
 
 @functools.cache
