@@ -50,6 +50,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import SETTLE_S, add_common_args, interleave, machine_info, write_json  # noqa: E402
@@ -159,6 +160,14 @@ def torch_side(config, variables, image, overlap, memory_format):
     return run, holder
 
 
+class LockstepSide(NamedTuple):
+    """One side's volume in ``lockstep``: its number of batches, a call that runs some of them to completion,
+    and the final division."""
+    batches: int
+    run_batches: Callable
+    divide: Callable
+
+
 def lockstep(config, variables, image, overlap, memory_format, rounds: int, block: int = 1) -> dict:
     """Both sides' volumes batch by batch: per round one JAX and one PyTorch volume, run in blocks of
     ``block`` batches, the two sides' block j one after the other (the side that goes first alternates by
@@ -191,8 +200,8 @@ def lockstep(config, variables, image, overlap, memory_format, rounds: int, bloc
             for index in indices:
                 torch_sums.add_batch(index)
 
-        return {"jax": (jax_sums.batches, jax_batches, jax_sums.probabilities),
-                "torch": (torch_sums.batches, torch_batches, torch_sums.probabilities)}
+        return {"jax": LockstepSide(jax_sums.batches, jax_batches, jax_sums.probabilities),
+                "torch": LockstepSide(torch_sums.batches, torch_batches, torch_sums.probabilities)}
 
     def timed(fn, *args):
         time.sleep(SETTLE_S)
@@ -200,22 +209,22 @@ def lockstep(config, variables, image, overlap, memory_format, rounds: int, bloc
         fn(*args)
         return time.perf_counter() - w, time.process_time() - c
 
-    for count, run_batches, divide in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's
-        run_batches(range(count))
-        divide()
+    for side in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's
+        side.run_batches(range(side.batches))
+        side.divide()
     out = {name: {"wall": [], "cpu": []} for name in ("jax", "torch")}
     for r in range(rounds):
         current = sides()
         order = ["jax", "torch"] if r % 2 == 0 else ["torch", "jax"]
         totals = {name: [0.0, 0.0] for name in order}
-        count = current["jax"][0]
+        count = current["jax"].batches
         for first in range(0, count, block):
             for name in order:
-                w, c = timed(current[name][1], range(first, min(first + block, count)))
+                w, c = timed(current[name].run_batches, range(first, min(first + block, count)))
                 totals[name][0] += w
                 totals[name][1] += c
         for name in order:
-            w, c = timed(current[name][2])
+            w, c = timed(current[name].divide)
             totals[name][0] += w
             totals[name][1] += c
             out[name]["wall"].append(totals[name][0])
