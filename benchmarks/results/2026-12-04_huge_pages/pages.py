@@ -6,8 +6,8 @@ calls mark parts of the heap; whichever buffers (XLA's temporary buffer, oneDNN'
 activations) later land there get huge pages, and khugepaged collapses more of the marked ranges while the
 process runs. That differs from process to process and over a run. This script times the volume's 90 network
 calls per side (as stream.py: back to back, per round, sides alternating which goes first, 20 ms pause before
-each side) in one process, and reports the process's huge-page memory before and after. Run it under the
-conditions of run.sh or run_pairs.sh (the environment decides the huge pages).
+each side) in one process, and reports the process's huge-page memory after the warm-up and after each round.
+Run it under the conditions of run.sh or run_pairs.sh (the environment decides the huge pages).
     python pages.py [ROUNDS [CALLS]]      (CALLS: the first CALLS of the 90 batches; default all)"""
 from __future__ import annotations
 
