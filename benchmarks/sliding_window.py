@@ -161,11 +161,16 @@ def torch_side(config, variables, image, overlap, memory_format):
 
 
 class LockstepSide(NamedTuple):
-    """One side's volume in ``lockstep``: its number of batches, a call that runs some of them to completion,
-    and the final division."""
-    batches: int
-    run_batches: Callable
-    divide: Callable
+    """One side's volume in ``lockstep``: its window sums (``WindowSums`` or ``TorchWindowSums``, which share
+    ``batches``, ``add_batch`` and ``probabilities``) and a call that waits until their work has finished."""
+    sums: object
+    wait: Callable[[], object]
+
+    def run_batches(self, indices) -> None:
+        """Adds these batches and returns when they are computed."""
+        for index in indices:
+            self.sums.add_batch(index)
+        self.wait()
 
 
 def lockstep(config, variables, image, overlap, memory_format, rounds: int, block: int = 1) -> dict:
@@ -190,45 +195,33 @@ def lockstep(config, variables, image, overlap, memory_format, rounds: int, bloc
     def sides():
         jax_sums = WindowSums(probabilities_fn, variables, image, patch, overlap, batch)
         torch_sums = TorchWindowSums(net, image, patch, overlap, batch, config.model.num_classes, memory_format)
+        return {"jax": LockstepSide(jax_sums, lambda: jax.block_until_ready((jax_sums.total, jax_sums.weights))),
+                "torch": LockstepSide(torch_sums, lambda: None)}  # PyTorch's CPU calls return when done
 
-        def jax_batches(indices):
-            for index in indices:
-                jax_sums.add_batch(index)
-            jax.block_until_ready((jax_sums.total, jax_sums.weights))
+    for side in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's
+        side.run_batches(range(side.sums.batches))
+        side.sums.probabilities()
+    out = {name: {"wall": [], "cpu": []} for name in ("jax", "torch")}
 
-        def torch_batches(indices):
-            for index in indices:
-                torch_sums.add_batch(index)
-
-        return {"jax": LockstepSide(jax_sums.batches, jax_batches, jax_sums.probabilities),
-                "torch": LockstepSide(torch_sums.batches, torch_batches, torch_sums.probabilities)}
-
-    def timed(fn, *args):
+    def timed(name, fn, *args):  # adds fn's wall and CPU seconds to the current round's totals of side ``name``
         time.sleep(SETTLE_S)
         w, c = time.perf_counter(), time.process_time()
         fn(*args)
-        return time.perf_counter() - w, time.process_time() - c
+        out[name]["wall"][-1] += time.perf_counter() - w
+        out[name]["cpu"][-1] += time.process_time() - c
 
-    for side in sides().values():  # warm-up: compiles JAX's programs, builds PyTorch's
-        side.run_batches(range(side.batches))
-        side.divide()
-    out = {name: {"wall": [], "cpu": []} for name in ("jax", "torch")}
     for r in range(rounds):
         current = sides()
         order = ["jax", "torch"] if r % 2 == 0 else ["torch", "jax"]
-        totals = {name: [0.0, 0.0] for name in order}
-        count = current["jax"].batches
+        for name in order:
+            out[name]["wall"].append(0.0)
+            out[name]["cpu"].append(0.0)
+        count = current["jax"].sums.batches
         for first in range(0, count, block):
             for name in order:
-                w, c = timed(current[name].run_batches, range(first, min(first + block, count)))
-                totals[name][0] += w
-                totals[name][1] += c
+                timed(name, current[name].run_batches, range(first, min(first + block, count)))
         for name in order:
-            w, c = timed(current[name].divide)
-            totals[name][0] += w
-            totals[name][1] += c
-            out[name]["wall"].append(totals[name][0])
-            out[name]["cpu"].append(totals[name][1])
+            timed(name, current[name].sums.probabilities)
     return {"seconds_per_volume": {k: statistics.median(v["wall"]) for k, v in out.items()},
             "cpu_seconds_per_volume": {k: statistics.median(v["cpu"]) for k, v in out.items()},
             "rounds_s": {k: [round(s, 2) for s in v["wall"]] for k, v in out.items()},
